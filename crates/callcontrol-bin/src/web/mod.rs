@@ -1,0 +1,1 @@
+//! The HTTP interface: JSON API, Prometheus metrics and the sessions page.

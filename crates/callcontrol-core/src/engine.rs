@@ -1,0 +1,945 @@
+//! The engine: a state machine without I/O.
+//!
+//! It is handed requests, backend answers and the time, and it returns what
+//! to do as [`Effect`]s (replies, authorisations to ask, debits to send,
+//! dialogs to end), the [`StoreChange`]s to persist before any reply goes out,
+//! and its next deadline. It never reads the clock and never waits: a rating
+//! answer for one session arrives as an event while other sessions go on.
+//!
+//! All timers of all sessions live in one ordered set of
+//! `(deadline, Call-ID)`; see `docs/adr/0001-timer-structure.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use log::{debug, error, info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EngineConfig, RatingFailurePolicy};
+use crate::error::{RatingError, SignallingError};
+use crate::rating::{
+    AccountType, AuthoriseRequest, Authorisation, DebitOutcome, DebitRequest, RatedLimit,
+};
+use crate::request::{Found, InitReply, InitRequest, Reply, Request, StartRequest};
+use crate::session::{Session, SessionInfo};
+use crate::signalling::{DialogRef, EndOutcome};
+use crate::store::{OwedDebit, Snapshot, StoreChange};
+use crate::types::{BillingParty, CallId, DialogId, SessionState, Timestamp};
+
+/// Identifies a request whose reply is pending (chosen by the driver).
+pub type Token = u64;
+
+/// Something the engine's driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send this reply to the request with this token.
+    Reply {
+        /// The request's token.
+        token: Token,
+        /// The reply.
+        reply: Reply,
+    },
+    /// Ask the rating backend; hand the answer to [`Engine::on_authorised`].
+    Authorise {
+        /// Operation id to pass back.
+        op: u64,
+        /// The request.
+        request: AuthoriseRequest,
+    },
+    /// Send a debit; hand the answer to [`Engine::on_debited`].
+    Debit {
+        /// The debit's sequence number to pass back.
+        seq: u64,
+        /// The request.
+        request: DebitRequest,
+    },
+    /// End a dialog; hand the answer to [`Engine::on_dialog_ended`].
+    EndDialog(DialogRef),
+}
+
+/// Counters for monitoring (monotonic unless noted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStats {
+    /// `init` replies by outcome, indexed like [`InitReply::outcome`] names.
+    pub init_replies: BTreeMap<String, u64>,
+    /// Sessions ended by their limit.
+    pub expired: u64,
+    /// Sessions released by the setup timeout.
+    pub setup_timeouts: u64,
+    /// Sessions ended as stale.
+    pub stale: u64,
+    /// Dialog end requests sent.
+    pub end_requests: u64,
+    /// Dialog end requests that failed.
+    pub end_failures: u64,
+    /// Debits answered `Ok`.
+    pub debits_ok: u64,
+    /// Debits answered `Failed` (or not prepaid).
+    pub debits_failed: u64,
+    /// Debit attempts that got no answer (retried).
+    pub debit_retries: u64,
+    /// Rating failures at `init` (timeouts, errors, nonsense).
+    pub rating_failures: u64,
+    /// Sum of timer lateness in ms (fired minus due), and number of timers fired.
+    pub timer_lateness_ms: u64,
+    /// Timers fired.
+    pub timers_fired: u64,
+}
+
+#[derive(Debug)]
+enum AuthOp {
+    Init { token: Token, req: InitRequest, party: BillingParty },
+    Start { call_id: CallId },
+}
+
+#[derive(Debug)]
+struct DebitState {
+    owed: OwedDebit,
+    in_flight: bool,
+    attempts: u32,
+}
+
+/// The call-control engine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    sessions: HashMap<CallId, Session>,
+    timers: BTreeSet<(Timestamp, CallId)>,
+    parties: HashMap<BillingParty, Vec<CallId>>,
+    authorising: HashMap<CallId, u64>,
+    ops: HashMap<u64, AuthOp>,
+    next_op: u64,
+    debits: BTreeMap<u64, DebitState>,
+    next_debit: u64,
+    debits_in_flight: usize,
+    debits_paused_until: Option<Timestamp>,
+    effects: VecDeque<Effect>,
+    changes: Vec<StoreChange>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// A new engine with no sessions.
+    pub fn new(config: EngineConfig) -> Engine {
+        Engine {
+            config,
+            sessions: HashMap::new(),
+            timers: BTreeSet::new(),
+            parties: HashMap::new(),
+            authorising: HashMap::new(),
+            ops: HashMap::new(),
+            next_op: 1,
+            debits: BTreeMap::new(),
+            next_debit: 1,
+            debits_in_flight: 0,
+            debits_paused_until: None,
+            effects: VecDeque::new(),
+            changes: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Replaces the settings (reload). Sessions keep their limits.
+    pub fn set_config(&mut self, config: EngineConfig) {
+        self.config = config;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Number of tracked sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Number of debits owed (not yet answered by the rating engine).
+    pub fn debits_owed(&self) -> usize {
+        self.debits.len()
+    }
+
+    /// A session, by Call-ID.
+    pub fn session(&self, call_id: &str) -> Option<&Session> {
+        self.sessions.get(call_id)
+    }
+
+    /// Every session, in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// The next effect to perform, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// The durable-state changes since the last call. The driver must persist
+    /// them before it performs the effects that follow (replies acknowledge).
+    pub fn take_changes(&mut self) -> Vec<StoreChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Whether changes are waiting to be persisted.
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    /// When [`Engine::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let timer = self.timers.first().map(|(t, _)| *t);
+        let debit = self.debits_paused_until.filter(|_| !self.debits.is_empty());
+        match (timer, debit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Serves a request. The reply comes out as an [`Effect::Reply`] with
+    /// `token`, at once or after a rating answer.
+    pub fn handle(&mut self, now: Timestamp, token: Token, request: Request) {
+        match request {
+            Request::Init(req) => self.init(now, token, req),
+            Request::Start(req) => self.start(now, token, req),
+            Request::Stop { call_id } => self.stop(now, token, &call_id),
+            Request::List { user } => {
+                let reply = Reply::Sessions(self.list(now, user.as_deref()));
+                self.reply(token, reply);
+            }
+            Request::Show { call_id } => {
+                let info = self.sessions.get(&call_id).map(|s| s.info(now));
+                self.reply(token, Reply::Session(info));
+            }
+            Request::Terminate { call_id } => self.terminate(now, token, &call_id),
+        }
+    }
+
+    /// Sessions as admin views, oldest first, optionally only those whose
+    /// billing party (`user@host`) starts with `user`.
+    pub fn list(&self, now: Timestamp, user: Option<&str>) -> Vec<SessionInfo> {
+        let mut v: Vec<&Session> = self
+            .sessions
+            .values()
+            .filter(|s| user.is_none_or(|u| s.party.user_host().starts_with(u)))
+            .collect();
+        v.sort_by(|a, b| (a.created, &a.call_id).cmp(&(b.created, &b.call_id)));
+        v.into_iter().map(|s| s.info(now)).collect()
+    }
+
+    fn reply(&mut self, token: Token, reply: Reply) {
+        self.effects.push_back(Effect::Reply { token, reply });
+    }
+
+    fn reply_init(&mut self, token: Token, reply: InitReply) {
+        *self.stats.init_replies.entry(reply.outcome().to_string()).or_default() += 1;
+        self.reply(token, Reply::Init(reply));
+    }
+
+    // ---- init -------------------------------------------------------------
+
+    fn init(&mut self, now: Timestamp, token: Token, req: InitRequest) {
+        let party = match BillingParty::derive(&req.from, req.diverter.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("Refused call: {e} ({})", req.call_id);
+                return self.reply_init(token, InitReply::Error);
+            }
+        };
+        if self.authorising.contains_key(&req.call_id) {
+            // A second init while the first is still being rated: OpenSIPS
+            // blocks on the first, so this is another proxy or a replay.
+            let same = self.ops.values().any(|op| matches!(op, AuthOp::Init { req: r, .. }
+                if r.call_id == req.call_id && r.call_token == req.call_token));
+            let reply = if same { InitReply::Error } else { InitReply::DuplicatedCallId };
+            warn!("init for a call still being rated: {} ({})", reply.as_str(), req.call_id);
+            return self.reply_init(token, reply);
+        }
+        if let Some(existing) = self.sessions.get(&req.call_id) {
+            if existing.token.as_deref() != req.call_token.as_deref() {
+                warn!("Duplicated callid with a different token ({})", req.call_id);
+                return self.reply_init(token, InitReply::DuplicatedCallId);
+            }
+            let changed = existing.ruri.as_ref() != req.ruri
+                || existing.diverter.as_deref() != req.diverter.as_deref();
+            if existing.state != SessionState::Pending || !changed {
+                debug!("init re-sent for a known call, keeping it ({})", req.call_id);
+                return self.reply_init(token, InitReply::Limited);
+            }
+            // An INVITE re-sent (after an auth challenge) to a new
+            // destination: release the old authorisation and rate it again.
+            info!("init re-sent with a new destination, rating it again ({})", req.call_id);
+            if let Some(old) = self.remove_session(&req.call_id) {
+                if old.is_prepaid() {
+                    self.owe_debit(now, &old, 0);
+                }
+            }
+        }
+        if req.prepaid.is_prepaid() {
+            let op = self.next_op;
+            self.next_op += 1;
+            let request = AuthoriseRequest {
+                call_id: req.call_id.clone(),
+                party: party.clone(),
+                to: req.ruri.clone(),
+                gateway: req.source_ip.clone(),
+                max_duration: self.config.prepaid_cap(),
+                application: application(req.sip_application.as_deref()),
+                connected: false,
+            };
+            self.authorising.insert(req.call_id.clone(), op);
+            self.ops.insert(op, AuthOp::Init { token, req, party });
+            self.effects.push_back(Effect::Authorise { op, request });
+        } else {
+            let limit = self.config.limit;
+            self.decide(now, token, req, party, false, limit, false);
+        }
+    }
+
+    /// Hands the engine the rating backend's answer to [`Effect::Authorise`].
+    /// The driver turns a timeout into `Err(RatingError::Timeout)`.
+    pub fn on_authorised(
+        &mut self,
+        now: Timestamp,
+        op: u64,
+        result: Result<Authorisation, RatingError>,
+    ) {
+        match self.ops.remove(&op) {
+            Some(AuthOp::Init { token, req, party }) => {
+                self.authorising.remove(&req.call_id);
+                self.finish_init(now, token, req, party, result)
+            }
+            Some(AuthOp::Start { call_id }) => self.finish_start(now, &call_id, result),
+            None => debug!("rating answer for unknown operation {op}"),
+        }
+    }
+
+    fn finish_init(
+        &mut self,
+        now: Timestamp,
+        token: Token,
+        req: InitRequest,
+        party: BillingParty,
+        result: Result<Authorisation, RatingError>,
+    ) {
+        let auth = match result {
+            Ok(a) if a.account == Some(AccountType::Postpaid) => {
+                error!(
+                    "Configuration mismatch: the proxy marked {party} prepaid but the rating \
+                     engine says postpaid ({})",
+                    req.call_id
+                );
+                return self.reply_init(token, InitReply::Error);
+            }
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.rating_failures += 1;
+                return match self.config.rating_failure {
+                    RatingFailurePolicy::Reject => {
+                        error!("Rating failed for {party}, refusing the call: {e} ({})", req.call_id);
+                        if e == RatingError::Timeout {
+                            // The request may have reached the engine and
+                            // counted against the account: release it.
+                            self.owe_debit_for(now, &req, &party, 0);
+                        }
+                        self.reply_init(token, InitReply::Error)
+                    }
+                    RatingFailurePolicy::Allow(limit) => {
+                        warn!(
+                            "Rating failed for {party}, allowing the call for {limit} seconds \
+                             (fail-open policy): {e} ({})",
+                            req.call_id
+                        );
+                        self.decide(now, token, req, party, false, Some(limit), false)
+                    }
+                };
+            }
+        };
+        let cap = self.config.prepaid_cap();
+        let (locked, limit) = match auth.limit {
+            RatedLimit::Locked => (true, None),
+            RatedLimit::Seconds(n) => (false, Some(n.min(cap))),
+            RatedLimit::Unlimited => (false, self.config.limit),
+        };
+        self.decide(now, token, req, party, locked, limit, true);
+    }
+
+    /// The decision of BEHAVIOUR.md `init` step 3, in its order.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        now: Timestamp,
+        token: Token,
+        req: InitRequest,
+        party: BillingParty,
+        locked: bool,
+        limit: Option<u64>,
+        authorised: bool,
+    ) {
+        let tracked = self.parties.get(&party).map_or(0, Vec::len);
+        let reply = if req.call_limit > 0 && tracked >= req.call_limit as usize {
+            InitReply::CallLimitReached
+        } else if locked {
+            InitReply::Locked
+        } else if limit == Some(0) {
+            InitReply::NoCredit
+        } else if req.call_limit > 0 || limit.is_some() {
+            InitReply::Limited
+        } else {
+            InitReply::NoLimit
+        };
+        match reply {
+            InitReply::Limited => {
+                let session = Session {
+                    call_id: req.call_id.clone(),
+                    party: party.clone(),
+                    ruri: req.ruri.into(),
+                    from: req.from.into(),
+                    from_tag: req.from_tag.into(),
+                    source_ip: req.source_ip.into(),
+                    diverter: req.diverter.map(Into::into),
+                    token: req.call_token.map(Into::into),
+                    application: req.sip_application.map(Into::into),
+                    prepaid: req.prepaid,
+                    call_limit: req.call_limit,
+                    limit,
+                    dialog_id: None,
+                    state: SessionState::Pending,
+                    created: now,
+                    answered: None,
+                    deadline: None,
+                    end_attempts: 0,
+                };
+                let setup = now.plus_millis(self.config.setup_timeout.as_millis() as u64);
+                debug!(
+                    "Call from {party} to {} authorised, limit {} ({})",
+                    session.ruri,
+                    limit.map_or("none".to_string(), |l| format!("{l} s")),
+                    session.call_id
+                );
+                self.insert_session(session, Some(setup));
+            }
+            refused => {
+                if refused != InitReply::NoLimit {
+                    info!("Call from {party} to {} refused: {} ({})", req.ruri, refused.as_str(), req.call_id);
+                }
+                if authorised {
+                    self.owe_debit_for(now, &req, &party, 0);
+                }
+            }
+        }
+        self.reply_init(token, reply);
+    }
+
+    // ---- start ------------------------------------------------------------
+
+    fn start(&mut self, now: Timestamp, token: Token, req: StartRequest) {
+        let Some(s) = self.sessions.get_mut(&req.call_id) else {
+            debug!("start for an unknown call ({})", req.call_id);
+            return self.reply(token, Reply::Start(Found::NotFound));
+        };
+        if s.state != SessionState::Pending {
+            debug!("start repeated, nothing changes ({})", req.call_id);
+            return self.reply(token, Reply::Start(Found::Ok));
+        }
+        s.state = SessionState::InProgress;
+        s.answered = Some(now);
+        s.dialog_id = req.dialog_id.or(s.dialog_id);
+        let deadline = match s.limit {
+            Some(l) => now.plus_secs(l),
+            None => now.plus_millis(self.config.stale_timeout.as_millis() as u64),
+        };
+        let prepaid = s.is_prepaid();
+        match s.limit {
+            Some(l) => info!(
+                "Call from {} to {} started for maximum {l} seconds ({})",
+                s.party.user_host(),
+                s.ruri,
+                s.call_id
+            ),
+            None => info!("Call from {} to {} started ({})", s.party.user_host(), s.ruri, s.call_id),
+        }
+        let request = prepaid.then(|| AuthoriseRequest {
+            call_id: s.call_id.clone(),
+            party: s.party.clone(),
+            to: s.ruri.to_string(),
+            gateway: s.source_ip.to_string(),
+            max_duration: self.config.prepaid_cap(),
+            application: application(s.application.as_deref()),
+            connected: true,
+        });
+        self.set_deadline(&req.call_id, Some(deadline));
+        self.persist(&req.call_id);
+        if let Some(request) = request {
+            let op = self.next_op;
+            self.next_op += 1;
+            self.ops.insert(op, AuthOp::Start { call_id: req.call_id.clone() });
+            self.effects.push_back(Effect::Authorise { op, request });
+        }
+        self.reply(token, Reply::Start(Found::Ok));
+    }
+
+    fn finish_start(&mut self, now: Timestamp, call_id: &CallId, result: Result<Authorisation, RatingError>) {
+        let Some(party) = self.sessions.get(call_id).map(|s| s.party.clone()) else {
+            return;
+        };
+        match result {
+            Ok(Authorisation { limit: RatedLimit::Seconds(n), .. }) => {
+                self.reset_party(now, &party, n.min(self.config.prepaid_cap()), call_id)
+            }
+            Ok(_) => debug!("re-rating at answer changed nothing ({call_id})"),
+            Err(e) => warn!("re-rating at answer failed, keeping the limit: {e} ({call_id})"),
+        }
+    }
+
+    /// Every in-progress prepaid session of `party` now ends `secs` from now:
+    /// the rating engine's shared limit for all of them running.
+    fn reset_party(&mut self, now: Timestamp, party: &BillingParty, secs: u64, why: &CallId) {
+        let ids: Vec<CallId> = self.parties.get(party).cloned().unwrap_or_default();
+        for id in ids {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if s.state != SessionState::InProgress || !s.is_prepaid() {
+                continue;
+            }
+            let Some(answered) = s.answered else { continue };
+            let deadline = now.plus_secs(secs);
+            s.limit = Some(deadline.secs_since(answered));
+            info!(
+                "Shared balance of {party}: call ends in {secs} seconds, limit now {} seconds \
+                 (after {why}) ({id})",
+                deadline.secs_since(answered)
+            );
+            self.set_deadline(&id, Some(deadline));
+            self.persist(&id);
+        }
+    }
+
+    // ---- stop / terminate -------------------------------------------------
+
+    fn stop(&mut self, now: Timestamp, token: Token, call_id: &CallId) {
+        let state = self.sessions.get(call_id).map(|s| s.state);
+        match state {
+            None => {
+                debug!("stop for an unknown call ({call_id})");
+                self.reply(token, Reply::Stop(Found::NotFound));
+            }
+            Some(SessionState::Ending | SessionState::EndFailed | SessionState::Ended) => {
+                // The proxy confirms the end the daemon asked for. Like the
+                // original (which forgot the call at expiry) answer Not found.
+                if let Some(s) = self.remove_session(call_id) {
+                    info!("Call from {} to {} confirmed ended by the proxy ({call_id})", s.party.user_host(), s.ruri);
+                }
+                self.reply(token, Reply::Stop(Found::NotFound));
+            }
+            Some(_) => {
+                if let Some(s) = self.remove_session(call_id) {
+                    let duration = duration_at(&s, now);
+                    match s.answered {
+                        Some(_) => info!(
+                            "Call from {} to {} was stopped after {duration} seconds ({call_id})",
+                            s.party.user_host(),
+                            s.ruri
+                        ),
+                        None => info!("Call from {} to {} canceled by user ({call_id})", s.party.user_host(), s.ruri),
+                    }
+                    if s.is_prepaid() {
+                        self.owe_debit(now, &s, duration);
+                    }
+                }
+                self.reply(token, Reply::Stop(Found::Ok));
+            }
+        }
+    }
+
+    fn terminate(&mut self, now: Timestamp, token: Token, call_id: &CallId) {
+        let Some(s) = self.sessions.get(call_id) else {
+            return self.reply(token, Reply::Terminate(Found::NotFound));
+        };
+        match s.state {
+            SessionState::Pending | SessionState::InProgress => {
+                let duration = duration_at(s, now);
+                info!(
+                    "Call from {} to {} terminated by administrator after {duration} seconds ({call_id})",
+                    s.party.user_host(),
+                    s.ruri
+                );
+                self.end_session(now, call_id, duration);
+            }
+            SessionState::EndFailed => self.send_end(call_id),
+            SessionState::Ending | SessionState::Ended => {}
+        }
+        self.reply(token, Reply::Terminate(Found::Ok));
+    }
+
+    /// Asks the proxy to end the dialog and owes the debit of `duration`.
+    fn end_session(&mut self, now: Timestamp, call_id: &CallId, duration: u64) {
+        let Some(s) = self.sessions.get_mut(call_id) else { return };
+        s.state = SessionState::Ending;
+        let s = s.clone();
+        if s.is_prepaid() {
+            self.owe_debit(now, &s, duration);
+        }
+        self.set_deadline(call_id, None);
+        self.persist(call_id);
+        self.send_end(call_id);
+    }
+
+    fn send_end(&mut self, call_id: &CallId) {
+        let Some(s) = self.sessions.get_mut(call_id) else { return };
+        s.state = SessionState::Ending;
+        s.end_attempts += 1;
+        self.stats.end_requests += 1;
+        let dialog = DialogRef { call_id: call_id.clone(), dialog_id: s.dialog_id };
+        self.effects.push_back(Effect::EndDialog(dialog));
+    }
+
+    /// Hands the engine the signalling backend's answer to [`Effect::EndDialog`].
+    pub fn on_dialog_ended(
+        &mut self,
+        now: Timestamp,
+        call_id: &CallId,
+        result: Result<EndOutcome, SignallingError>,
+    ) {
+        let Some(s) = self.sessions.get(call_id) else {
+            debug!("dialog end answered for a call already stopped ({call_id})");
+            return;
+        };
+        if s.state != SessionState::Ending {
+            return;
+        }
+        match result {
+            Ok(outcome) => {
+                if outcome == EndOutcome::NotFound {
+                    info!("The proxy no longer had the dialog; call considered ended ({call_id})");
+                }
+                self.remove_session(call_id);
+            }
+            Err(e) => {
+                self.stats.end_failures += 1;
+                let attempts = s.end_attempts;
+                let retry = self.config.retry_delay(attempts);
+                error!(
+                    "Could not end the dialog (attempt {attempts}), retrying in {} s: {e} ({call_id})",
+                    retry.as_secs()
+                );
+                if let Some(s) = self.sessions.get_mut(call_id) {
+                    s.state = SessionState::EndFailed;
+                }
+                self.set_deadline(call_id, Some(now.plus_millis(retry.as_millis() as u64)));
+                self.persist(call_id);
+            }
+        }
+    }
+
+    // ---- timers -----------------------------------------------------------
+
+    /// Fires every deadline that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some((due, id)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.stats.timers_fired += 1;
+            self.stats.timer_lateness_ms += now.millis_since(due);
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            s.deadline = None;
+            match (s.state, s.answered, s.limit) {
+                (SessionState::Pending, _, _) => {
+                    self.stats.setup_timeouts += 1;
+                    info!(
+                        "Call from {} to {} not answered within {} seconds, released ({id})",
+                        s.party.user_host(),
+                        s.ruri,
+                        self.config.setup_timeout.as_secs()
+                    );
+                    if let Some(s) = self.remove_session(&id) {
+                        if s.is_prepaid() {
+                            self.owe_debit(now, &s, 0);
+                        }
+                    }
+                }
+                (SessionState::InProgress, Some(answered), Some(limit)) => {
+                    self.stats.expired += 1;
+                    // Exactly the limit: not the time the BYEs take.
+                    let duration = limit;
+                    let _ = answered;
+                    info!(
+                        "Call from {} to {} disconnected by call control after {duration} seconds ({id})",
+                        s.party.user_host(),
+                        s.ruri
+                    );
+                    self.end_session(now, &id, duration);
+                }
+                (SessionState::InProgress, answered, None) => {
+                    self.stats.stale += 1;
+                    let duration = answered.map_or(0, |a| due.secs_since(a));
+                    warn!(
+                        "Call from {} to {} is stale after {duration} seconds, ending it ({id})",
+                        s.party.user_host(),
+                        s.ruri
+                    );
+                    self.end_session(now, &id, duration);
+                }
+                (SessionState::EndFailed, _, _) => self.send_end(&id),
+                _ => {}
+            }
+        }
+        if self.debits_paused_until.is_some_and(|t| t <= now) {
+            self.debits_paused_until = None;
+        }
+        self.pump_debits();
+    }
+
+    fn set_deadline(&mut self, id: &CallId, deadline: Option<Timestamp>) {
+        let Some(s) = self.sessions.get_mut(id) else { return };
+        if let Some(old) = s.deadline.take() {
+            self.timers.remove(&(old, id.clone()));
+        }
+        s.deadline = deadline;
+        if let Some(d) = deadline {
+            self.timers.insert((d, id.clone()));
+        }
+    }
+
+    // ---- sessions ---------------------------------------------------------
+
+    fn insert_session(&mut self, session: Session, deadline: Option<Timestamp>) {
+        let id = session.call_id.clone();
+        self.parties.entry(session.party.clone()).or_default().push(id.clone());
+        self.sessions.insert(id.clone(), session);
+        self.set_deadline(&id, deadline);
+        self.persist(&id);
+    }
+
+    fn remove_session(&mut self, id: &CallId) -> Option<Session> {
+        let s = self.sessions.remove(id)?;
+        if let Some(d) = s.deadline {
+            self.timers.remove(&(d, id.clone()));
+        }
+        if let Some(v) = self.parties.get_mut(&s.party) {
+            v.retain(|c| c != id);
+            if v.is_empty() {
+                self.parties.remove(&s.party);
+            }
+        }
+        self.changes.push(StoreChange::RemoveSession(id.clone()));
+        Some(s)
+    }
+
+    fn persist(&mut self, id: &CallId) {
+        if let Some(s) = self.sessions.get(id) {
+            self.changes.push(StoreChange::Session(s.clone()));
+        }
+    }
+
+    /// Tracked sessions of a billing party.
+    pub fn party_sessions(&self, party: &BillingParty) -> usize {
+        self.parties.get(party).map_or(0, Vec::len)
+    }
+
+    // ---- debits -----------------------------------------------------------
+
+    fn owe_debit(&mut self, now: Timestamp, s: &Session, duration: u64) {
+        let request = DebitRequest {
+            call_id: s.call_id.clone(),
+            party: s.party.clone(),
+            to: s.ruri.to_string(),
+            gateway: s.source_ip.to_string(),
+            duration,
+            application: application(s.application.as_deref()),
+        };
+        self.push_debit(now, request);
+    }
+
+    fn owe_debit_for(&mut self, now: Timestamp, req: &InitRequest, party: &BillingParty, duration: u64) {
+        let request = DebitRequest {
+            call_id: req.call_id.clone(),
+            party: party.clone(),
+            to: req.ruri.clone(),
+            gateway: req.source_ip.clone(),
+            duration,
+            application: application(req.sip_application.as_deref()),
+        };
+        self.push_debit(now, request);
+    }
+
+    fn push_debit(&mut self, now: Timestamp, request: DebitRequest) {
+        let seq = self.next_debit;
+        self.next_debit += 1;
+        let owed = OwedDebit { seq, request, ended: now };
+        self.changes.push(StoreChange::Debit(owed.clone()));
+        self.debits.insert(seq, DebitState { owed, in_flight: false, attempts: 0 });
+        self.pump_debits();
+    }
+
+    /// Starts owed debits, oldest first, up to the window, unless paused by a
+    /// failure (then they wait, still in order, for the retry deadline).
+    fn pump_debits(&mut self) {
+        if self.debits_paused_until.is_some() {
+            return;
+        }
+        for (seq, d) in self.debits.iter_mut() {
+            if self.debits_in_flight >= self.config.debit_window.max(1) {
+                break;
+            }
+            if d.in_flight {
+                continue;
+            }
+            d.in_flight = true;
+            self.debits_in_flight += 1;
+            self.effects.push_back(Effect::Debit { seq: *seq, request: d.owed.request.clone() });
+        }
+    }
+
+    /// Hands the engine the rating backend's answer to [`Effect::Debit`].
+    pub fn on_debited(&mut self, now: Timestamp, seq: u64, result: Result<DebitOutcome, RatingError>) {
+        let Some(d) = self.debits.get_mut(&seq) else { return };
+        if d.in_flight {
+            d.in_flight = false;
+            self.debits_in_flight -= 1;
+        }
+        let req = &d.owed.request;
+        match result {
+            Err(e) => {
+                d.attempts += 1;
+                self.stats.debit_retries += 1;
+                let delay = self.config.retry_delay(d.attempts);
+                warn!(
+                    "Debit of {} seconds for {} not delivered (attempt {}), retrying in {} ms: {e} ({})",
+                    req.duration,
+                    req.party,
+                    d.attempts,
+                    delay.as_millis(),
+                    req.call_id
+                );
+                let until = now.plus_millis(delay.as_millis() as u64);
+                self.debits_paused_until = Some(self.debits_paused_until.map_or(until, |t| t.max(until)));
+                return;
+            }
+            Ok(DebitOutcome::Debited { max_session_time, price }) => {
+                self.stats.debits_ok += 1;
+                if req.duration > 0 {
+                    info!(
+                        "Debited {} seconds from {}, call price is {} ({})",
+                        req.duration,
+                        req.party,
+                        price.as_deref().unwrap_or("unknown"),
+                        req.call_id
+                    );
+                } else {
+                    debug!("Released authorisation of {} ({})", req.party, req.call_id);
+                }
+                if let Some(n) = max_session_time {
+                    let (party, id) = (req.party.clone(), req.call_id.clone());
+                    self.reset_party(now, &party, n, &id);
+                }
+            }
+            Ok(DebitOutcome::Failed { reason }) => {
+                self.stats.debits_failed += 1;
+                if req.duration > 0 {
+                    error!(
+                        "Debit of {} seconds from {} failed: {reason} ({})",
+                        req.duration, req.party, req.call_id
+                    );
+                } else {
+                    debug!("Release of {} answered {reason} ({})", req.party, req.call_id);
+                }
+            }
+            Ok(DebitOutcome::NotPrepaid) => {
+                if req.duration > 0 {
+                    warn!("Debit of {} seconds: {} is not prepaid ({})", req.duration, req.party, req.call_id);
+                }
+            }
+        }
+        self.debits.remove(&seq);
+        self.changes.push(StoreChange::DebitDone(seq));
+        self.pump_debits();
+    }
+
+    // ---- restart ----------------------------------------------------------
+
+    /// Restores saved state at start-up. Timers are re-armed by the wall
+    /// clock: sessions whose limit passed while the daemon was down end at
+    /// the next [`Engine::handle_timeout`] (dialog ended, limit debited), and
+    /// unanswered ones past the setup timeout are released. Sessions that
+    /// were being ended are asked to end again; owed debits go out in order.
+    pub fn restore(&mut self, now: Timestamp, snapshot: Snapshot) {
+        for mut s in snapshot.sessions {
+            let deadline = match s.state {
+                SessionState::Pending => {
+                    Some(s.created.plus_millis(self.config.setup_timeout.as_millis() as u64))
+                }
+                SessionState::InProgress => s.deadline,
+                SessionState::Ending | SessionState::EndFailed => {
+                    s.state = SessionState::EndFailed;
+                    Some(now)
+                }
+                SessionState::Ended => continue,
+            };
+            s.deadline = None;
+            info!("Restored {} session of {} ({})", s.state, s.party.user_host(), s.call_id);
+            self.insert_session(s, deadline);
+        }
+        for owed in snapshot.debits {
+            self.next_debit = self.next_debit.max(owed.seq + 1);
+            info!(
+                "Restored owed debit of {} seconds for {} ({})",
+                owed.request.duration, owed.request.party, owed.request.call_id
+            );
+            self.debits.insert(owed.seq, DebitState { owed, in_flight: false, attempts: 0 });
+        }
+        self.pump_debits();
+    }
+
+    /// Reconciles restored sessions with the proxy's dialog list: an answered
+    /// session whose dialog the proxy no longer has ended while the daemon was
+    /// down. It is debited for the time it is known to have run (until
+    /// `down_since`, capped by its limit), which never overcharges.
+    pub fn reconcile(&mut self, now: Timestamp, live: &[CallId], down_since: Timestamp) {
+        let live: std::collections::HashSet<&CallId> = live.iter().collect();
+        let gone: Vec<CallId> = self
+            .sessions
+            .values()
+            .filter(|s| s.state == SessionState::InProgress && !live.contains(&s.call_id))
+            .map(|s| s.call_id.clone())
+            .collect();
+        for id in gone {
+            if let Some(s) = self.remove_session(&id) {
+                let duration = duration_at(&s, down_since);
+                warn!(
+                    "Call from {} to {} ended while call control was down; debiting {duration} \
+                     seconds ({id})",
+                    s.party.user_host(),
+                    s.ruri
+                );
+                if s.is_prepaid() {
+                    self.owe_debit(now, &s, duration);
+                }
+            }
+        }
+    }
+}
+
+/// Seconds a session has run at `now`, capped by its limit.
+fn duration_at(s: &Session, now: Timestamp) -> u64 {
+    let d = s.answered.map_or(0, |a| now.secs_since(a));
+    s.limit.map_or(d, |l| d.min(l))
+}
+
+fn application(app: Option<&str>) -> String {
+    app.filter(|a| !a.is_empty()).unwrap_or("audio").to_string()
+}
+
+/// Parses a dialog id; convenience re-export for codecs.
+pub fn parse_dialog_id(s: &str) -> Option<DialogId> {
+    DialogId::parse(s).ok()
+}

@@ -1,0 +1,128 @@
+//! Persistence: the engine describes every change of its durable state (the
+//! sessions acknowledged to the proxy and the debits owed) as a
+//! [`StoreChange`]; its driver applies them to a [`SessionStore`] *before*
+//! sending the replies that acknowledge them, so nothing acknowledged is lost.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::rating::DebitRequest;
+use crate::session::Session;
+use crate::types::{CallId, Timestamp};
+
+/// A debit the engine owes the rating engine until it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwedDebit {
+    /// Sequence number: debits go out in this order (the order sessions ended).
+    pub seq: u64,
+    /// What to send.
+    pub request: DebitRequest,
+    /// When the session ended.
+    pub ended: Timestamp,
+}
+
+/// One change of the durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreChange {
+    /// A session was created or changed.
+    Session(Session),
+    /// A session is over (its debit, if any, is recorded separately first).
+    RemoveSession(CallId),
+    /// A debit became owed.
+    Debit(OwedDebit),
+    /// A debit was answered by the rating engine (Ok or Failed).
+    DebitDone(u64),
+}
+
+/// The whole durable state, as loaded at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Sessions by Call-ID.
+    pub sessions: Vec<Session>,
+    /// Debits owed, in order.
+    pub debits: Vec<OwedDebit>,
+}
+
+/// Where the engine's durable state lives.
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait SessionStore: Send + 'static {
+    /// Applies a batch of changes atomically enough that, once this returns
+    /// `Ok`, they survive a crash of the process (for durable stores).
+    fn apply(&mut self, changes: &[StoreChange]) -> Result<(), StoreError>;
+    /// Loads the state saved so far.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Called at a clean shutdown, after the last `apply`.
+    fn close(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A store in memory: it survives nothing, but it lets tests see exactly what
+/// the engine would persist.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    sessions: HashMap<CallId, Session>,
+    debits: BTreeMap<u64, OwedDebit>,
+    applied: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The state it holds.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut sessions: Vec<Session> = self.sessions.values().cloned().collect();
+        sessions.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        Snapshot { sessions, debits: self.debits.values().cloned().collect() }
+    }
+    /// How many changes were applied.
+    pub fn changes_applied(&self) -> u64 {
+        self.applied
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn apply(&mut self, changes: &[StoreChange]) -> Result<(), StoreError> {
+        for c in changes {
+            self.applied += 1;
+            match c {
+                StoreChange::Session(s) => {
+                    self.sessions.insert(s.call_id.clone(), s.clone());
+                }
+                StoreChange::RemoveSession(id) => {
+                    self.sessions.remove(id);
+                }
+                StoreChange::Debit(d) => {
+                    self.debits.insert(d.seq, d.clone());
+                }
+                StoreChange::DebitDone(seq) => {
+                    self.debits.remove(seq);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        Ok(self.snapshot())
+    }
+}
+
+/// Applies changes to a snapshot (for stores that replay a journal).
+pub fn replay(snapshot: &mut Snapshot, changes: impl IntoIterator<Item = StoreChange>) {
+    let mut store = MemoryStore::new();
+    let _ = store.apply(
+        &snapshot
+            .sessions
+            .drain(..)
+            .map(StoreChange::Session)
+            .chain(snapshot.debits.drain(..).map(StoreChange::Debit))
+            .collect::<Vec<_>>(),
+    );
+    let changes: Vec<StoreChange> = changes.into_iter().collect();
+    let _ = store.apply(&changes);
+    *snapshot = store.snapshot();
+}

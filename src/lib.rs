@@ -1,0 +1,19 @@
+//! callcontrol: call duration control for the OpenSIPS and Kamailio
+//! `call_control` modules. This facade re-exports the workspace crates so an
+//! embedder depends on one crate.
+//!
+//! # Layout
+//!
+//! - [`core`]: the engine, its traits (rating, signalling, store, clock) and
+//!   the driver.
+//! - [`rating`]: rating backends (fixed limit, CDRTool).
+//! - [`opensips`]: the `call_control` socket protocol and server, and the
+//!   proxy management clients.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub use callcontrol_core as core;
+pub use callcontrol_opensips as opensips;
+pub use callcontrol_rating as rating;
+
+pub use callcontrol_core::prelude;
