@@ -83,7 +83,16 @@ pub struct EngineStats {
     pub timer_lateness_ms: u64,
     /// Timers fired.
     pub timers_fired: u64,
+    /// Timers fired, by lateness: entry `i` counts the timers whose lateness
+    /// was above bound `i - 1` and at most [`TIMER_LATENESS_BOUNDS_MS`]`[i]`;
+    /// the last entry counts those later than every bound. Not cumulative.
+    #[serde(default)]
+    pub timer_lateness_buckets: Vec<u64>,
 }
+
+/// Upper bounds, in milliseconds, of the buckets of
+/// [`EngineStats::timer_lateness_buckets`] (a final bucket holds the rest).
+pub const TIMER_LATENESS_BOUNDS_MS: [u64; 10] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000];
 
 #[derive(Debug)]
 enum AuthOp {
@@ -649,7 +658,17 @@ impl Engine {
             }
             self.timers.pop_first();
             self.stats.timers_fired += 1;
-            self.stats.timer_lateness_ms += now.millis_since(due);
+            let late = now.millis_since(due);
+            self.stats.timer_lateness_ms += late;
+            let bucket = TIMER_LATENESS_BOUNDS_MS
+                .iter()
+                .position(|&b| late <= b)
+                .unwrap_or(TIMER_LATENESS_BOUNDS_MS.len());
+            let buckets = &mut self.stats.timer_lateness_buckets;
+            if buckets.len() <= TIMER_LATENESS_BOUNDS_MS.len() {
+                buckets.resize(TIMER_LATENESS_BOUNDS_MS.len() + 1, 0);
+            }
+            buckets[bucket] += 1;
             let Some(s) = self.sessions.get_mut(&id) else { continue };
             s.deadline = None;
             match (s.state, s.answered, s.limit) {
