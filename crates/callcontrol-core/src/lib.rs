@@ -42,6 +42,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod error;
+pub mod journal;
 pub mod party;
 pub mod rating;
 pub mod request;

@@ -1,0 +1,737 @@
+//! A durable [`SessionStore`]: an append-only journal plus a snapshot, in the
+//! daemon's runtime directory.
+//!
+//! # Layout on disk
+//!
+//! - `sessions.snapshot`: the whole state (JSON) as of the last compaction,
+//!   with the time it was written and whether the daemon stopped cleanly.
+//!   Replaced atomically (write a temporary file, fsync, rename, fsync the
+//!   directory).
+//! - `sessions.journal`: records appended since, each
+//!   `len: u32 LE | crc32(payload): u32 LE | payload` with a JSON payload. A
+//!   record whose length runs past the end of the file or whose checksum
+//!   does not match is a torn write (the process died mid-`write()` or the
+//!   machine lost power before the page cache reached the disk): it and
+//!   everything after it are dropped at start-up.
+//!
+//! # Durability
+//!
+//! [`SessionStore::apply`] encodes the whole batch and hands it to the kernel
+//! with **one** `write()`: once it returns, the batch is in the page cache and
+//! survives `kill -9` and OOM kills. Surviving power loss needs an `fsync`,
+//! per [`FsyncPolicy`]: after every batch, every interval (default 1 s, by a
+//! background thread), or never. See `docs/adr/0002-journal.md`.
+//!
+//! # Down time
+//!
+//! Restart reconciliation needs to know since when the daemon has been
+//! down. Every record carries the wall-clock time it was written, the
+//! background thread appends a small `Alive` record when nothing else was
+//! written for a while, and a clean shutdown appends `Shutdown`; the latest
+//! of these is [`Recovery::down_since`].
+//!
+//! Compaction (snapshot + empty journal) happens at open, at clean close, and
+//! when the journal grows past [`JournalOptions::compact_bytes`].
+//!
+//! ```
+//! use callcontrol_core::journal::{Journal, JournalOptions};
+//! use callcontrol_core::store::SessionStore;
+//!
+//! let dir = std::env::temp_dir().join(format!("cc-journal-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let mut journal = Journal::open(&dir, JournalOptions::default()).unwrap();
+//! assert!(journal.load().unwrap().sessions.is_empty());
+//! journal.close().unwrap();
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::store::{MemoryStore, SessionStore, Snapshot, StoreChange};
+use crate::types::Timestamp;
+
+/// File name of the journal inside the runtime directory.
+pub const JOURNAL_FILE: &str = "sessions.journal";
+/// File name of the snapshot inside the runtime directory.
+pub const SNAPSHOT_FILE: &str = "sessions.snapshot";
+
+/// A record is refused at load when its length field is larger than this
+/// (a corrupt length must not make us allocate gigabytes).
+const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+/// When the journal is flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` after every batch: survives power loss, costs a disk
+    /// flush per batch (group commit keeps it to one per batch, not per call).
+    Always,
+    /// `fdatasync` at most this often, from a background thread: a power
+    /// loss may lose up to this much; a process crash loses nothing.
+    Interval(Duration),
+    /// Never (the OS writes back when it likes): a process crash loses
+    /// nothing, a power loss may lose up to ~30 s.
+    Never,
+}
+
+impl Default for FsyncPolicy {
+    fn default() -> Self {
+        FsyncPolicy::Interval(Duration::from_secs(1))
+    }
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+    /// `always`, `never`, `interval` (1 s) or `interval:<ms>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            "interval" => Ok(FsyncPolicy::default()),
+            _ => match s.strip_prefix("interval:") {
+                Some(ms) => ms
+                    .trim()
+                    .trim_end_matches("ms")
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
+                    .ok_or_else(|| format!("bad fsync interval {s:?} (expected interval:<milliseconds>)")),
+                None => Err(format!("unknown fsync policy {s:?} (expected always, interval or never)")),
+            },
+        }
+    }
+}
+
+/// Settings of a [`Journal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// When to fsync.
+    pub fsync: FsyncPolicy,
+    /// Compact when the journal file grows past this many bytes.
+    pub compact_bytes: u64,
+    /// Append an `Alive` record when nothing was written for this long, so
+    /// the down time of a crashed daemon is known to within this much.
+    pub heartbeat: Duration,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            fsync: FsyncPolicy::default(),
+            compact_bytes: 8 * 1024 * 1024,
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What [`Journal::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The last moment the previous daemon is known to have been alive
+    /// (`None` on a first start).
+    pub down_since: Option<Timestamp>,
+    /// Whether the previous daemon stopped cleanly.
+    pub clean_shutdown: bool,
+    /// Journal records replayed on top of the snapshot.
+    pub records_replayed: u64,
+    /// Bytes dropped from the end of the journal (a torn or corrupt tail).
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    /// A batch of changes, written at `at` (ms since the epoch).
+    Changes { at: u64, changes: Vec<StoreChange> },
+    /// Nothing changed, the daemon was alive at `at`.
+    Alive { at: u64 },
+    /// Clean shutdown at `at`.
+    Shutdown { at: u64 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotFile {
+    version: u32,
+    /// When the snapshot was written (ms since the epoch).
+    saved_at: u64,
+    /// Written by a clean shutdown.
+    clean: bool,
+    /// The last moment the daemon was known alive before this snapshot
+    /// (kept across the compaction at start-up).
+    down_since: Option<u64>,
+    state: Snapshot,
+}
+
+struct Inner {
+    dir: PathBuf,
+    file: File,
+    len: u64,
+    opts: JournalOptions,
+    mirror: MemoryStore,
+    dirty: bool,
+    last_write: Instant,
+    closed: bool,
+}
+
+/// The durable session store. See the module docs.
+pub struct Journal {
+    inner: Arc<Mutex<Inner>>,
+    recovery: Recovery,
+    stop: Option<mpsc::Sender<()>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("recovery", &self.recovery).finish_non_exhaustive()
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock leaves the state consistent enough to
+    // go on: every mutation is a whole append or a whole compaction.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`: loads the snapshot,
+    /// replays the journal, drops a torn tail, compacts, and starts the
+    /// background fsync/heartbeat thread.
+    pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, StoreError> {
+        fs::create_dir_all(dir)?;
+        let (snapshot, mut recovery) = recover(dir)?;
+        let mut mirror = MemoryStore::new();
+        let seed: Vec<StoreChange> = snapshot
+            .sessions
+            .into_iter()
+            .map(StoreChange::Session)
+            .chain(snapshot.debits.into_iter().map(StoreChange::Debit))
+            .collect();
+        mirror.apply(&seed)?;
+        let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL_FILE))?;
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            file,
+            len: 0,
+            opts: opts.clone(),
+            mirror,
+            dirty: false,
+            last_write: Instant::now(),
+            closed: false,
+        };
+        // Start from a fresh snapshot and an empty journal, remembering when
+        // the previous run was last alive.
+        inner.compact(false, recovery.down_since)?;
+        if recovery.dropped_bytes > 0 {
+            warn!("Session journal: dropped a torn or corrupt tail of {} bytes", recovery.dropped_bytes);
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        let inner = Arc::new(Mutex::new(inner));
+        let worker = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("journal-sync".into())
+                .spawn(move || background(inner, rx))?
+        };
+        recovery.down_since = recovery.down_since.filter(|t| t.0 > 0);
+        Ok(Journal { inner, recovery, stop: Some(tx), worker: Some(worker) })
+    }
+
+    /// What was found at open.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The state as it is now.
+    pub fn snapshot(&self) -> Snapshot {
+        lock(&self.inner).mirror.snapshot()
+    }
+
+    /// Writes a snapshot and empties the journal now.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        lock(&self.inner).compact(false, None)
+    }
+
+    /// Current size of the journal file in bytes.
+    pub fn journal_len(&self) -> u64 {
+        lock(&self.inner).len
+    }
+
+    fn stop_worker(&mut self) {
+        self.stop.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // No compaction here: a drop without `close` is treated like a crash
+        // (the journal on disk is already complete).
+        self.stop_worker();
+    }
+}
+
+impl SessionStore for Journal {
+    fn apply(&mut self, changes: &[StoreChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut inner = lock(&self.inner);
+        inner.append(&Record::Changes { at: wall_ms(), changes: changes.to_vec() })?;
+        inner.mirror.apply(changes)?;
+        if inner.opts.fsync == FsyncPolicy::Always {
+            inner.file.sync_data()?;
+            inner.dirty = false;
+        }
+        if inner.len > inner.opts.compact_bytes {
+            debug!("Session journal reached {} bytes, compacting", inner.len);
+            inner.compact(false, None)?;
+        }
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        Ok(self.snapshot())
+    }
+
+    fn close(&mut self) -> Result<(), StoreError> {
+        self.stop_worker();
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Ok(());
+        }
+        inner.closed = true;
+        let now = wall_ms();
+        // The Shutdown record first (cheap, durable even if the snapshot
+        // write fails), then the snapshot marked clean.
+        inner.append(&Record::Shutdown { at: now })?;
+        inner.file.sync_data()?;
+        inner.compact(true, Some(Timestamp(now)))?;
+        let n = inner.mirror.snapshot();
+        info!("Saved {} sessions and {} owed debits", n.sessions.len(), n.debits.len());
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Appends one record with a single `write()`.
+    fn append(&mut self, record: &Record) -> Result<(), StoreError> {
+        let buf = encode_record(record)?;
+        self.file.write_all(&buf)?;
+        self.len += buf.len() as u64;
+        self.dirty = true;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Replaces the snapshot with the current state and empties the journal.
+    /// Crash-safe in every order: until the rename the old snapshot and the
+    /// full journal are there; after it, replaying the old journal on top of
+    /// the new snapshot gives the same state (every record is an upsert or a
+    /// removal by key, and the snapshot is the result of all of them).
+    fn compact(&mut self, clean: bool, down_since: Option<Timestamp>) -> Result<(), StoreError> {
+        let state = self.mirror.snapshot();
+        let file = SnapshotFile {
+            version: 1,
+            saved_at: wall_ms(),
+            clean,
+            down_since: down_since.map(|t| t.0),
+            state,
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
+        sync_dir(&self.dir);
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.len = 0;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn background(inner: Arc<Mutex<Inner>>, stop: mpsc::Receiver<()>) {
+    let tick = {
+        let i = lock(&inner);
+        let sync = match i.opts.fsync {
+            FsyncPolicy::Interval(d) => d,
+            _ => i.opts.heartbeat,
+        };
+        sync.min(i.opts.heartbeat).max(Duration::from_millis(10))
+    };
+    loop {
+        match stop.recv_timeout(tick) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Sender dropped: the journal is closing.
+            _ => return,
+        }
+        let mut i = lock(&inner);
+        if i.closed {
+            return;
+        }
+        if i.last_write.elapsed() >= i.opts.heartbeat {
+            if let Err(e) = i.append(&Record::Alive { at: wall_ms() }) {
+                error!("Session journal: could not write heartbeat: {e}");
+            }
+        }
+        if matches!(i.opts.fsync, FsyncPolicy::Interval(_)) && i.dirty {
+            match i.file.sync_data() {
+                Ok(()) => i.dirty = false,
+                Err(e) => error!("Session journal: fsync failed: {e}"),
+            }
+        }
+        if i.len > i.opts.compact_bytes {
+            if let Err(e) = i.compact(false, None) {
+                error!("Session journal: compaction failed: {e}");
+            }
+        }
+    }
+}
+
+/// Encodes one record: `len | crc32 | payload`.
+fn encode_record(record: &Record) -> Result<Vec<u8>, StoreError> {
+    let payload = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut buf = Vec::with_capacity(payload.len() + 8);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32(&payload).to_le_bytes());
+    buf.extend_from_slice(&payload);
+    Ok(buf)
+}
+
+/// Decodes records from the start of `buf`; returns them and the length of
+/// the valid prefix (anything after it is a torn or corrupt tail).
+fn decode_records(buf: &[u8]) -> (Vec<Record>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while buf.len() - pos >= 8 {
+        let len = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+        let crc = u32::from_le_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]);
+        if len > MAX_RECORD || buf.len() - pos - 8 < len as usize {
+            break;
+        }
+        let payload = &buf[pos + 8..pos + 8 + len as usize];
+        if crc32(payload) != crc {
+            break;
+        }
+        match serde_json::from_slice::<Record>(payload) {
+            Ok(r) => out.push(r),
+            Err(_) => break,
+        }
+        pos += 8 + len as usize;
+    }
+    (out, pos)
+}
+
+fn recover(dir: &Path) -> Result<(Snapshot, Recovery), StoreError> {
+    let mut recovery = Recovery::default();
+    let mut snapshot = Snapshot::default();
+    let mut last_alive: u64 = 0;
+    match fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => {
+            let f: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Corrupt(format!("{}: {e}", dir.join(SNAPSHOT_FILE).display()))
+            })?;
+            snapshot = f.state;
+            recovery.clean_shutdown = f.clean;
+            // A snapshot written at start-up is not proof of life later on;
+            // it carries the previous run's down time forward instead.
+            last_alive = if f.clean { f.saved_at } else { f.down_since.unwrap_or(0) };
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let path = dir.join(JOURNAL_FILE);
+    let mut buf = Vec::new();
+    match File::open(&path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut buf)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (records, valid) = decode_records(&buf);
+    recovery.dropped_bytes = (buf.len() - valid) as u64;
+    let mut changes = Vec::new();
+    for r in records {
+        recovery.records_replayed += 1;
+        match r {
+            Record::Changes { at, changes: c } => {
+                recovery.clean_shutdown = false;
+                last_alive = last_alive.max(at);
+                changes.extend(c);
+            }
+            Record::Alive { at } => {
+                recovery.clean_shutdown = false;
+                last_alive = last_alive.max(at);
+            }
+            Record::Shutdown { at } => {
+                recovery.clean_shutdown = true;
+                last_alive = last_alive.max(at);
+            }
+        }
+    }
+    crate::store::replay(&mut snapshot, changes);
+    recovery.down_since = (last_alive > 0).then_some(Timestamp(last_alive));
+    Ok((snapshot, recovery))
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib): enough to tell a torn write
+/// from a whole one.
+fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in data {
+        crc = TABLE[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rating::DebitRequest;
+    use crate::session::Session;
+    use crate::store::OwedDebit;
+    use crate::types::{BillingParty, CallId, Prepaid, SessionState};
+
+    fn tmp() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "cc-journal-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn session(id: &str) -> Session {
+        Session {
+            call_id: CallId::new(id),
+            party: BillingParty::new("sip:alice@example.com"),
+            ruri: "sip:bob@example.com".into(),
+            from: "<sip:alice@example.com>".into(),
+            from_tag: "t".into(),
+            source_ip: "127.0.0.1".into(),
+            diverter: None,
+            token: None,
+            application: None,
+            prepaid: Prepaid::True,
+            call_limit: 0,
+            limit: Some(600),
+            dialog_id: None,
+            state: SessionState::Pending,
+            created: Timestamp(1_000),
+            answered: None,
+            deadline: None,
+            end_attempts: 0,
+        }
+    }
+
+    fn debit(seq: u64, id: &str) -> OwedDebit {
+        OwedDebit {
+            seq,
+            request: DebitRequest {
+                call_id: CallId::new(id),
+                party: BillingParty::new("sip:alice@example.com"),
+                to: "sip:bob@example.com".into(),
+                gateway: "127.0.0.1".into(),
+                duration: 60,
+                application: "audio".into(),
+            },
+            ended: Timestamp(2_000),
+        }
+    }
+
+    fn opts() -> JournalOptions {
+        JournalOptions { fsync: FsyncPolicy::Never, ..Default::default() }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn replays_what_was_applied_after_a_crash() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            let mut a = session("a");
+            j.apply(&[StoreChange::Session(a.clone()), StoreChange::Session(session("b"))]).unwrap();
+            a.state = SessionState::InProgress;
+            j.apply(&[StoreChange::Session(a)]).unwrap();
+            j.apply(&[StoreChange::RemoveSession(CallId::new("b")), StoreChange::Debit(debit(1, "b"))])
+                .unwrap();
+            j.apply(&[StoreChange::Debit(debit(2, "c"))]).unwrap();
+            j.apply(&[StoreChange::DebitDone(2)]).unwrap();
+            // Dropped without close: a crash.
+        }
+        let mut j = Journal::open(&dir, opts()).unwrap();
+        assert!(!j.recovery().clean_shutdown);
+        assert_eq!(j.recovery().records_replayed, 5);
+        assert!(j.recovery().down_since.is_some());
+        let s = j.load().unwrap();
+        assert_eq!(s.sessions.len(), 1);
+        assert_eq!(s.sessions[0].call_id.as_str(), "a");
+        assert_eq!(s.sessions[0].state, SessionState::InProgress);
+        assert_eq!(s.debits, vec![debit(1, "b")]);
+    }
+
+    #[test]
+    fn drops_a_torn_tail_and_keeps_the_rest() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::Session(session("a"))]).unwrap();
+            j.apply(&[StoreChange::Session(session("b"))]).unwrap();
+        }
+        // Cut the last record in the middle, as a torn write would.
+        let path = dir.join(JOURNAL_FILE);
+        let len = fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
+        let mut j = Journal::open(&dir, opts()).unwrap();
+        assert!(j.recovery().dropped_bytes > 0);
+        let s = j.load().unwrap();
+        assert_eq!(s.sessions.len(), 1);
+        assert_eq!(s.sessions[0].call_id.as_str(), "a");
+        // And the journal is usable again afterwards.
+        j.apply(&[StoreChange::Session(session("c"))]).unwrap();
+        drop(j);
+        let j = Journal::open(&dir, opts()).unwrap();
+        assert_eq!(j.snapshot().sessions.len(), 2);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_detected_by_the_checksum() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::Session(session("a"))]).unwrap();
+            j.apply(&[StoreChange::Session(session("b"))]).unwrap();
+        }
+        let path = dir.join(JOURNAL_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        let j = Journal::open(&dir, opts()).unwrap();
+        assert_eq!(j.snapshot().sessions.len(), 1);
+        assert!(j.recovery().dropped_bytes > 0);
+    }
+
+    #[test]
+    fn compaction_keeps_the_state_and_empties_the_journal() {
+        let dir = tmp();
+        let o = JournalOptions { compact_bytes: 2_000, ..opts() };
+        let mut j = Journal::open(&dir, o.clone()).unwrap();
+        for i in 0..50 {
+            let id = format!("s{i}");
+            j.apply(&[StoreChange::Session(session(&id))]).unwrap();
+            if i % 2 == 0 {
+                j.apply(&[StoreChange::RemoveSession(CallId::new(&id))]).unwrap();
+            }
+        }
+        // Compacted along the way: far less than 50 session records.
+        assert!(j.journal_len() <= 2_000 + 1_000, "journal is {} bytes", j.journal_len());
+        assert_eq!(j.snapshot().sessions.len(), 25);
+        drop(j);
+        let j = Journal::open(&dir, o).unwrap();
+        assert_eq!(j.snapshot().sessions.len(), 25);
+        assert_eq!(j.journal_len(), 0);
+    }
+
+    #[test]
+    fn clean_close_is_recorded_with_its_time() {
+        let dir = tmp();
+        let before = wall_ms();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::Session(session("a"))]).unwrap();
+            j.close().unwrap();
+        }
+        let j = Journal::open(&dir, opts()).unwrap();
+        assert!(j.recovery().clean_shutdown);
+        assert!(j.recovery().down_since.unwrap().0 >= before);
+        assert_eq!(j.snapshot().sessions.len(), 1);
+        // Opening again (after a crash of this run, say) keeps the down time.
+        let first = j.recovery().down_since;
+        drop(j);
+        let j = Journal::open(&dir, opts()).unwrap();
+        assert_eq!(j.recovery().down_since, first);
+        assert!(!j.recovery().clean_shutdown);
+    }
+
+    #[test]
+    fn heartbeat_records_keep_down_since_current() {
+        let dir = tmp();
+        let o = JournalOptions {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(10)),
+            heartbeat: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let j = Journal::open(&dir, o.clone()).unwrap();
+        let start = wall_ms();
+        while j.journal_len() == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(j);
+        let j = Journal::open(&dir, o).unwrap();
+        assert!(j.recovery().down_since.unwrap().0 >= start);
+    }
+
+    #[test]
+    fn fsync_policy_parses() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!(" Never".parse(), Ok(FsyncPolicy::Never));
+        assert_eq!("interval".parse(), Ok(FsyncPolicy::Interval(Duration::from_secs(1))));
+        assert_eq!("interval:250".parse(), Ok(FsyncPolicy::Interval(Duration::from_millis(250))));
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        assert!("interval:0".parse::<FsyncPolicy>().is_err());
+    }
+}
