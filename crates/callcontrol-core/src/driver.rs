@@ -143,7 +143,28 @@ pub struct Running {
 /// Loads the store's saved state into a new engine and starts its driver
 /// task. Cancel `shutdown` to stop it: it finishes the requests it has,
 /// persists, closes the store and returns.
-pub fn spawn(mut parts: Parts, shutdown: CancellationToken) -> Result<Running, StoreError> {
+pub fn spawn(parts: Parts, shutdown: CancellationToken) -> Result<Running, StoreError> {
+    spawn_reconciled(parts, shutdown, None)
+}
+
+/// What the proxy said at start-up, for [`spawn_reconciled`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconcile {
+    /// The Call-IDs of the dialogs the proxy has now.
+    pub live: Vec<CallId>,
+    /// The last moment the previous run was known to be alive.
+    pub down_since: Timestamp,
+}
+
+/// Like [`spawn`], and reconciles the restored sessions with the proxy's
+/// dialog list ([`Engine::reconcile`]) before any restored timer fires, so a
+/// call that ended while the daemon was down is debited for the time it ran,
+/// not ended again at its limit.
+pub fn spawn_reconciled(
+    mut parts: Parts,
+    shutdown: CancellationToken,
+    reconcile: Option<Reconcile>,
+) -> Result<Running, StoreError> {
     let snapshot = parts.store.load()?;
     let mut engine = Engine::new(parts.config.clone());
     let now = parts.clock.now();
@@ -155,6 +176,9 @@ pub fn spawn(mut parts: Parts, shutdown: CancellationToken) -> Result<Running, S
         );
     }
     engine.restore(now, snapshot);
+    if let Some(r) = reconcile {
+        engine.reconcile(now, &r.live, r.down_since);
+    }
     let (tx, rx) = mpsc::channel(4096);
     let driver = Driver {
         engine,
