@@ -33,7 +33,10 @@ impl TokioClock {
     }
     /// Starts the clock at a given wall-clock time (tests).
     pub fn starting_at(base: Timestamp) -> Self {
-        TokioClock { base, origin: tokio::time::Instant::now() }
+        TokioClock {
+            base,
+            origin: tokio::time::Instant::now(),
+        }
     }
 }
 

@@ -69,6 +69,8 @@ impl EngineConfig {
     /// The retry delay after `attempts` failures (1 = first retry).
     pub fn retry_delay(&self, attempts: u32) -> Duration {
         let shift = attempts.saturating_sub(1).min(16);
-        self.retry_min.saturating_mul(1 << shift).min(self.retry_max)
+        self.retry_min
+            .saturating_mul(1 << shift)
+            .min(self.retry_max)
     }
 }

@@ -61,7 +61,10 @@ impl Handle {
     /// Sends any request and waits for its reply.
     pub async fn request(&self, request: Request) -> Result<Reply, DriverError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Request(request, tx)).await.map_err(|_| DriverError::Stopped)?;
+        self.tx
+            .send(Command::Request(request, tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
     }
     /// `init`.
@@ -80,28 +83,51 @@ impl Handle {
     }
     /// `stop`.
     pub async fn stop(&self, call_id: impl Into<CallId>) -> Result<Found, DriverError> {
-        match self.request(Request::Stop { call_id: call_id.into() }).await? {
+        match self
+            .request(Request::Stop {
+                call_id: call_id.into(),
+            })
+            .await?
+        {
             Reply::Stop(f) => Ok(f),
             _ => Ok(Found::NotFound),
         }
     }
     /// `terminate`.
     pub async fn terminate(&self, call_id: impl Into<CallId>) -> Result<Found, DriverError> {
-        match self.request(Request::Terminate { call_id: call_id.into() }).await? {
+        match self
+            .request(Request::Terminate {
+                call_id: call_id.into(),
+            })
+            .await?
+        {
             Reply::Terminate(f) => Ok(f),
             _ => Ok(Found::NotFound),
         }
     }
     /// The sessions, optionally of one user (prefix of `user@host`).
     pub async fn list(&self, user: Option<&str>) -> Result<Vec<SessionInfo>, DriverError> {
-        match self.request(Request::List { user: user.map(str::to_string) }).await? {
+        match self
+            .request(Request::List {
+                user: user.map(str::to_string),
+            })
+            .await?
+        {
             Reply::Sessions(v) => Ok(v),
             _ => Ok(Vec::new()),
         }
     }
     /// One session.
-    pub async fn show(&self, call_id: impl Into<CallId>) -> Result<Option<SessionInfo>, DriverError> {
-        match self.request(Request::Show { call_id: call_id.into() }).await? {
+    pub async fn show(
+        &self,
+        call_id: impl Into<CallId>,
+    ) -> Result<Option<SessionInfo>, DriverError> {
+        match self
+            .request(Request::Show {
+                call_id: call_id.into(),
+            })
+            .await?
+        {
             Reply::Session(s) => Ok(s),
             _ => Ok(None),
         }
@@ -109,12 +135,18 @@ impl Handle {
     /// Counters and gauges.
     pub async fn status(&self) -> Result<Status, DriverError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Status(tx)).await.map_err(|_| DriverError::Stopped)?;
+        self.tx
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
     }
     /// Replaces the engine's settings.
     pub async fn reload(&self, config: EngineConfig) -> Result<(), DriverError> {
-        self.tx.send(Command::Reload(config)).await.map_err(|_| DriverError::Stopped)
+        self.tx
+            .send(Command::Reload(config))
+            .await
+            .map_err(|_| DriverError::Stopped)
     }
 }
 
@@ -191,7 +223,10 @@ pub fn spawn_reconciled(
         events: mpsc::unbounded_channel(),
     };
     let task = tokio::spawn(driver.run(rx, shutdown));
-    Ok(Running { handle: Handle { tx }, task })
+    Ok(Running {
+        handle: Handle { tx },
+        task,
+    })
 }
 
 struct Driver {
@@ -291,7 +326,11 @@ impl Driver {
     fn status(&self) -> Status {
         let mut sessions = BTreeMap::new();
         for s in self.engine.sessions() {
-            let kind = if s.is_prepaid() { "prepaid" } else { "postpaid" };
+            let kind = if s.is_prepaid() {
+                "prepaid"
+            } else {
+                "postpaid"
+            };
             *sessions.entry(format!("{}/{kind}", s.state)).or_default() += 1;
         }
         Status {
@@ -331,10 +370,11 @@ impl Driver {
                     let events = self.events.0.clone();
                     let timeout = self.engine.config().rating_timeout;
                     tokio::spawn(async move {
-                        let r = match tokio::time::timeout(timeout, rating.authorise(&request)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(RatingError::Timeout),
-                        };
+                        let r =
+                            match tokio::time::timeout(timeout, rating.authorise(&request)).await {
+                                Ok(r) => r,
+                                Err(_) => Err(RatingError::Timeout),
+                            };
                         let _ = events.send(Event::Authorised(op, r));
                     });
                 }

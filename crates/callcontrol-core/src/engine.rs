@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EngineConfig, RatingFailurePolicy};
 use crate::error::{RatingError, SignallingError};
 use crate::rating::{
-    AccountType, AuthoriseRequest, Authorisation, DebitOutcome, DebitRequest, RatedLimit,
+    AccountType, Authorisation, AuthoriseRequest, DebitOutcome, DebitRequest, RatedLimit,
 };
 use crate::request::{Found, InitReply, InitRequest, Reply, Request, StartRequest};
 use crate::session::{Session, SessionInfo};
@@ -96,8 +96,14 @@ pub const TIMER_LATENESS_BOUNDS_MS: [u64; 10] = [1, 5, 10, 25, 50, 100, 250, 500
 
 #[derive(Debug)]
 enum AuthOp {
-    Init { token: Token, req: InitRequest, party: BillingParty },
-    Start { call_id: CallId },
+    Init {
+        token: Token,
+        req: InitRequest,
+        party: BillingParty,
+    },
+    Start {
+        call_id: CallId,
+    },
 }
 
 #[derive(Debug)]
@@ -249,7 +255,11 @@ impl Engine {
     }
 
     fn reply_init(&mut self, token: Token, reply: InitReply) {
-        *self.stats.init_replies.entry(reply.outcome().to_string()).or_default() += 1;
+        *self
+            .stats
+            .init_replies
+            .entry(reply.outcome().to_string())
+            .or_default() += 1;
         self.reply(token, Reply::Init(reply));
     }
 
@@ -266,10 +276,20 @@ impl Engine {
         if self.authorising.contains_key(&req.call_id) {
             // A second init while the first is still being rated: OpenSIPS
             // blocks on the first, so this is another proxy or a replay.
-            let same = self.ops.values().any(|op| matches!(op, AuthOp::Init { req: r, .. }
-                if r.call_id == req.call_id && r.call_token == req.call_token));
-            let reply = if same { InitReply::Error } else { InitReply::DuplicatedCallId };
-            warn!("init for a call still being rated: {} ({})", reply.as_str(), req.call_id);
+            let same = self.ops.values().any(|op| {
+                matches!(op, AuthOp::Init { req: r, .. }
+                if r.call_id == req.call_id && r.call_token == req.call_token)
+            });
+            let reply = if same {
+                InitReply::Error
+            } else {
+                InitReply::DuplicatedCallId
+            };
+            warn!(
+                "init for a call still being rated: {} ({})",
+                reply.as_str(),
+                req.call_id
+            );
             return self.reply_init(token, reply);
         }
         if let Some(existing) = self.sessions.get(&req.call_id) {
@@ -280,12 +300,18 @@ impl Engine {
             let changed = existing.ruri.as_ref() != req.ruri
                 || existing.diverter.as_deref() != req.diverter.as_deref();
             if existing.state != SessionState::Pending || !changed {
-                debug!("init re-sent for a known call, keeping it ({})", req.call_id);
+                debug!(
+                    "init re-sent for a known call, keeping it ({})",
+                    req.call_id
+                );
                 return self.reply_init(token, InitReply::Limited);
             }
             // An INVITE re-sent (after an auth challenge) to a new
             // destination: release the old authorisation and rate it again.
-            info!("init re-sent with a new destination, rating it again ({})", req.call_id);
+            info!(
+                "init re-sent with a new destination, rating it again ({})",
+                req.call_id
+            );
             if let Some(old) = self.remove_session(&req.call_id) {
                 if old.is_prepaid() {
                     self.owe_debit(now, &old, 0);
@@ -353,7 +379,10 @@ impl Engine {
                 self.stats.rating_failures += 1;
                 return match self.config.rating_failure {
                     RatingFailurePolicy::Reject => {
-                        error!("Rating failed for {party}, refusing the call: {e} ({})", req.call_id);
+                        error!(
+                            "Rating failed for {party}, refusing the call: {e} ({})",
+                            req.call_id
+                        );
                         if e == RatingError::Timeout {
                             // The request may have reached the engine and
                             // counted against the account: release it.
@@ -438,7 +467,12 @@ impl Engine {
             }
             refused => {
                 if refused != InitReply::NoLimit {
-                    info!("Call from {party} to {} refused: {} ({})", req.ruri, refused.as_str(), req.call_id);
+                    info!(
+                        "Call from {party} to {} refused: {} ({})",
+                        req.ruri,
+                        refused.as_str(),
+                        req.call_id
+                    );
                 }
                 if authorised {
                     self.owe_debit_for(now, &req, &party, 0);
@@ -474,7 +508,12 @@ impl Engine {
                 s.ruri,
                 s.call_id
             ),
-            None => info!("Call from {} to {} started ({})", s.party.user_host(), s.ruri, s.call_id),
+            None => info!(
+                "Call from {} to {} started ({})",
+                s.party.user_host(),
+                s.ruri,
+                s.call_id
+            ),
         }
         let request = prepaid.then(|| AuthoriseRequest {
             call_id: s.call_id.clone(),
@@ -490,20 +529,31 @@ impl Engine {
         if let Some(request) = request {
             let op = self.next_op;
             self.next_op += 1;
-            self.ops.insert(op, AuthOp::Start { call_id: req.call_id.clone() });
+            self.ops.insert(
+                op,
+                AuthOp::Start {
+                    call_id: req.call_id.clone(),
+                },
+            );
             self.effects.push_back(Effect::Authorise { op, request });
         }
         self.reply(token, Reply::Start(Found::Ok));
     }
 
-    fn finish_start(&mut self, now: Timestamp, call_id: &CallId, result: Result<Authorisation, RatingError>) {
+    fn finish_start(
+        &mut self,
+        now: Timestamp,
+        call_id: &CallId,
+        result: Result<Authorisation, RatingError>,
+    ) {
         let Some(party) = self.sessions.get(call_id).map(|s| s.party.clone()) else {
             return;
         };
         match result {
-            Ok(Authorisation { limit: RatedLimit::Seconds(n), .. }) => {
-                self.reset_party(now, &party, n.min(self.config.prepaid_cap()), call_id)
-            }
+            Ok(Authorisation {
+                limit: RatedLimit::Seconds(n),
+                ..
+            }) => self.reset_party(now, &party, n.min(self.config.prepaid_cap()), call_id),
             Ok(_) => debug!("re-rating at answer changed nothing ({call_id})"),
             Err(e) => warn!("re-rating at answer failed, keeping the limit: {e} ({call_id})"),
         }
@@ -514,7 +564,9 @@ impl Engine {
     fn reset_party(&mut self, now: Timestamp, party: &BillingParty, secs: u64, why: &CallId) {
         let ids: Vec<CallId> = self.parties.get(party).cloned().unwrap_or_default();
         for id in ids {
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if s.state != SessionState::InProgress || !s.is_prepaid() {
                 continue;
             }
@@ -544,7 +596,11 @@ impl Engine {
                 // The proxy confirms the end the daemon asked for. Like the
                 // original (which forgot the call at expiry) answer Not found.
                 if let Some(s) = self.remove_session(call_id) {
-                    info!("Call from {} to {} confirmed ended by the proxy ({call_id})", s.party.user_host(), s.ruri);
+                    info!(
+                        "Call from {} to {} confirmed ended by the proxy ({call_id})",
+                        s.party.user_host(),
+                        s.ruri
+                    );
                 }
                 self.reply(token, Reply::Stop(Found::NotFound));
             }
@@ -557,7 +613,11 @@ impl Engine {
                             s.party.user_host(),
                             s.ruri
                         ),
-                        None => info!("Call from {} to {} canceled by user ({call_id})", s.party.user_host(), s.ruri),
+                        None => info!(
+                            "Call from {} to {} canceled by user ({call_id})",
+                            s.party.user_host(),
+                            s.ruri
+                        ),
                     }
                     if s.is_prepaid() {
                         self.owe_debit(now, &s, duration);
@@ -590,7 +650,9 @@ impl Engine {
 
     /// Asks the proxy to end the dialog and owes the debit of `duration`.
     fn end_session(&mut self, now: Timestamp, call_id: &CallId, duration: u64) {
-        let Some(s) = self.sessions.get_mut(call_id) else { return };
+        let Some(s) = self.sessions.get_mut(call_id) else {
+            return;
+        };
         s.state = SessionState::Ending;
         let s = s.clone();
         if s.is_prepaid() {
@@ -602,11 +664,16 @@ impl Engine {
     }
 
     fn send_end(&mut self, call_id: &CallId) {
-        let Some(s) = self.sessions.get_mut(call_id) else { return };
+        let Some(s) = self.sessions.get_mut(call_id) else {
+            return;
+        };
         s.state = SessionState::Ending;
         s.end_attempts += 1;
         self.stats.end_requests += 1;
-        let dialog = DialogRef { call_id: call_id.clone(), dialog_id: s.dialog_id };
+        let dialog = DialogRef {
+            call_id: call_id.clone(),
+            dialog_id: s.dialog_id,
+        };
         self.effects.push_back(Effect::EndDialog(dialog));
     }
 
@@ -669,7 +736,9 @@ impl Engine {
                 buckets.resize(TIMER_LATENESS_BOUNDS_MS.len() + 1, 0);
             }
             buckets[bucket] += 1;
-            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             s.deadline = None;
             match (s.state, s.answered, s.limit) {
                 (SessionState::Pending, _, _) => {
@@ -719,7 +788,9 @@ impl Engine {
     }
 
     fn set_deadline(&mut self, id: &CallId, deadline: Option<Timestamp>) {
-        let Some(s) = self.sessions.get_mut(id) else { return };
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
         if let Some(old) = s.deadline.take() {
             self.timers.remove(&(old, id.clone()));
         }
@@ -733,7 +804,10 @@ impl Engine {
 
     fn insert_session(&mut self, session: Session, deadline: Option<Timestamp>) {
         let id = session.call_id.clone();
-        self.parties.entry(session.party.clone()).or_default().push(id.clone());
+        self.parties
+            .entry(session.party.clone())
+            .or_default()
+            .push(id.clone());
         self.sessions.insert(id.clone(), session);
         self.set_deadline(&id, deadline);
         self.persist(&id);
@@ -779,7 +853,13 @@ impl Engine {
         self.push_debit(now, request);
     }
 
-    fn owe_debit_for(&mut self, now: Timestamp, req: &InitRequest, party: &BillingParty, duration: u64) {
+    fn owe_debit_for(
+        &mut self,
+        now: Timestamp,
+        req: &InitRequest,
+        party: &BillingParty,
+        duration: u64,
+    ) {
         let request = DebitRequest {
             call_id: req.call_id.clone(),
             party: party.clone(),
@@ -794,9 +874,20 @@ impl Engine {
     fn push_debit(&mut self, now: Timestamp, request: DebitRequest) {
         let seq = self.next_debit;
         self.next_debit += 1;
-        let owed = OwedDebit { seq, request, ended: now };
+        let owed = OwedDebit {
+            seq,
+            request,
+            ended: now,
+        };
         self.changes.push(StoreChange::Debit(owed.clone()));
-        self.debits.insert(seq, DebitState { owed, in_flight: false, attempts: 0 });
+        self.debits.insert(
+            seq,
+            DebitState {
+                owed,
+                in_flight: false,
+                attempts: 0,
+            },
+        );
         self.pump_debits();
     }
 
@@ -815,13 +906,23 @@ impl Engine {
             }
             d.in_flight = true;
             self.debits_in_flight += 1;
-            self.effects.push_back(Effect::Debit { seq: *seq, request: d.owed.request.clone() });
+            self.effects.push_back(Effect::Debit {
+                seq: *seq,
+                request: d.owed.request.clone(),
+            });
         }
     }
 
     /// Hands the engine the rating backend's answer to [`Effect::Debit`].
-    pub fn on_debited(&mut self, now: Timestamp, seq: u64, result: Result<DebitOutcome, RatingError>) {
-        let Some(d) = self.debits.get_mut(&seq) else { return };
+    pub fn on_debited(
+        &mut self,
+        now: Timestamp,
+        seq: u64,
+        result: Result<DebitOutcome, RatingError>,
+    ) {
+        let Some(d) = self.debits.get_mut(&seq) else {
+            return;
+        };
         if d.in_flight {
             d.in_flight = false;
             self.debits_in_flight -= 1;
@@ -841,10 +942,14 @@ impl Engine {
                     req.call_id
                 );
                 let until = now.plus_millis(delay.as_millis() as u64);
-                self.debits_paused_until = Some(self.debits_paused_until.map_or(until, |t| t.max(until)));
+                self.debits_paused_until =
+                    Some(self.debits_paused_until.map_or(until, |t| t.max(until)));
                 return;
             }
-            Ok(DebitOutcome::Debited { max_session_time, price }) => {
+            Ok(DebitOutcome::Debited {
+                max_session_time,
+                price,
+            }) => {
                 self.stats.debits_ok += 1;
                 if req.duration > 0 {
                     info!(
@@ -870,12 +975,18 @@ impl Engine {
                         req.duration, req.party, req.call_id
                     );
                 } else {
-                    debug!("Release of {} answered {reason} ({})", req.party, req.call_id);
+                    debug!(
+                        "Release of {} answered {reason} ({})",
+                        req.party, req.call_id
+                    );
                 }
             }
             Ok(DebitOutcome::NotPrepaid) => {
                 if req.duration > 0 {
-                    warn!("Debit of {} seconds: {} is not prepaid ({})", req.duration, req.party, req.call_id);
+                    warn!(
+                        "Debit of {} seconds: {} is not prepaid ({})",
+                        req.duration, req.party, req.call_id
+                    );
                 }
             }
         }
@@ -894,9 +1005,10 @@ impl Engine {
     pub fn restore(&mut self, now: Timestamp, snapshot: Snapshot) {
         for mut s in snapshot.sessions {
             let deadline = match s.state {
-                SessionState::Pending => {
-                    Some(s.created.plus_millis(self.config.setup_timeout.as_millis() as u64))
-                }
+                SessionState::Pending => Some(
+                    s.created
+                        .plus_millis(self.config.setup_timeout.as_millis() as u64),
+                ),
                 SessionState::InProgress => s.deadline,
                 SessionState::Ending | SessionState::EndFailed => {
                     s.state = SessionState::EndFailed;
@@ -905,7 +1017,12 @@ impl Engine {
                 SessionState::Ended => continue,
             };
             s.deadline = None;
-            info!("Restored {} session of {} ({})", s.state, s.party.user_host(), s.call_id);
+            info!(
+                "Restored {} session of {} ({})",
+                s.state,
+                s.party.user_host(),
+                s.call_id
+            );
             self.insert_session(s, deadline);
         }
         for owed in snapshot.debits {
@@ -914,7 +1031,14 @@ impl Engine {
                 "Restored owed debit of {} seconds for {} ({})",
                 owed.request.duration, owed.request.party, owed.request.call_id
             );
-            self.debits.insert(owed.seq, DebitState { owed, in_flight: false, attempts: 0 });
+            self.debits.insert(
+                owed.seq,
+                DebitState {
+                    owed,
+                    in_flight: false,
+                    attempts: 0,
+                },
+            );
         }
         self.pump_debits();
     }

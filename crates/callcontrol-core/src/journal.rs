@@ -106,8 +106,12 @@ impl FromStr for FsyncPolicy {
                     .ok()
                     .filter(|ms| *ms > 0)
                     .map(|ms| FsyncPolicy::Interval(Duration::from_millis(ms)))
-                    .ok_or_else(|| format!("bad fsync interval {s:?} (expected interval:<milliseconds>)")),
-                None => Err(format!("unknown fsync policy {s:?} (expected always, interval or never)")),
+                    .ok_or_else(|| {
+                        format!("bad fsync interval {s:?} (expected interval:<milliseconds>)")
+                    }),
+                None => Err(format!(
+                    "unknown fsync policy {s:?} (expected always, interval or never)"
+                )),
             },
         }
     }
@@ -193,12 +197,17 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("recovery", &self.recovery).finish_non_exhaustive()
+        f.debug_struct("Journal")
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
     }
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -222,7 +231,10 @@ impl Journal {
             .chain(snapshot.debits.into_iter().map(StoreChange::Debit))
             .collect();
         mirror.apply(&seed)?;
-        let file = OpenOptions::new().create(true).append(true).open(dir.join(JOURNAL_FILE))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(JOURNAL_FILE))?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             file,
@@ -237,7 +249,10 @@ impl Journal {
         // the previous run was last alive.
         inner.compact(false, recovery.down_since)?;
         if recovery.dropped_bytes > 0 {
-            warn!("Session journal: dropped a torn or corrupt tail of {} bytes", recovery.dropped_bytes);
+            warn!(
+                "Session journal: dropped a torn or corrupt tail of {} bytes",
+                recovery.dropped_bytes
+            );
         }
         let (tx, rx) = mpsc::channel::<()>();
         let inner = Arc::new(Mutex::new(inner));
@@ -248,7 +263,12 @@ impl Journal {
                 .spawn(move || background(inner, rx))?
         };
         recovery.down_since = recovery.down_since.filter(|t| t.0 > 0);
-        Ok(Journal { inner, recovery, stop: Some(tx), worker: Some(worker) })
+        Ok(Journal {
+            inner,
+            recovery,
+            stop: Some(tx),
+            worker: Some(worker),
+        })
     }
 
     /// What was found at open.
@@ -293,7 +313,10 @@ impl SessionStore for Journal {
             return Ok(());
         }
         let mut inner = lock(&self.inner);
-        inner.append(&Record::Changes { at: wall_ms(), changes: changes.to_vec() })?;
+        inner.append(&Record::Changes {
+            at: wall_ms(),
+            changes: changes.to_vec(),
+        })?;
         inner.mirror.apply(changes)?;
         if inner.opts.fsync == FsyncPolicy::Always {
             inner.file.sync_data()?;
@@ -324,7 +347,11 @@ impl SessionStore for Journal {
         inner.file.sync_data()?;
         inner.compact(true, Some(Timestamp(now)))?;
         let n = inner.mirror.snapshot();
-        info!("Saved {} sessions and {} owed debits", n.sessions.len(), n.debits.len());
+        info!(
+            "Saved {} sessions and {} owed debits",
+            n.sessions.len(),
+            n.debits.len()
+        );
         Ok(())
     }
 }
@@ -462,7 +489,11 @@ fn recover(dir: &Path) -> Result<(Snapshot, Recovery), StoreError> {
             recovery.clean_shutdown = f.clean;
             // A snapshot written at start-up is not proof of life later on;
             // it carries the previous run's down time forward instead.
-            last_alive = if f.clean { f.saved_at } else { f.down_since.unwrap_or(0) };
+            last_alive = if f.clean {
+                f.saved_at
+            } else {
+                f.down_since.unwrap_or(0)
+            };
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
@@ -512,7 +543,11 @@ fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;
@@ -587,7 +622,10 @@ mod tests {
     }
 
     fn opts() -> JournalOptions {
-        JournalOptions { fsync: FsyncPolicy::Never, ..Default::default() }
+        JournalOptions {
+            fsync: FsyncPolicy::Never,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -601,11 +639,18 @@ mod tests {
         {
             let mut j = Journal::open(&dir, opts()).unwrap();
             let mut a = session("a");
-            j.apply(&[StoreChange::Session(a.clone()), StoreChange::Session(session("b"))]).unwrap();
+            j.apply(&[
+                StoreChange::Session(a.clone()),
+                StoreChange::Session(session("b")),
+            ])
+            .unwrap();
             a.state = SessionState::InProgress;
             j.apply(&[StoreChange::Session(a)]).unwrap();
-            j.apply(&[StoreChange::RemoveSession(CallId::new("b")), StoreChange::Debit(debit(1, "b"))])
-                .unwrap();
+            j.apply(&[
+                StoreChange::RemoveSession(CallId::new("b")),
+                StoreChange::Debit(debit(1, "b")),
+            ])
+            .unwrap();
             j.apply(&[StoreChange::Debit(debit(2, "c"))]).unwrap();
             j.apply(&[StoreChange::DebitDone(2)]).unwrap();
             // Dropped without close: a crash.
@@ -668,17 +713,25 @@ mod tests {
     #[test]
     fn compaction_keeps_the_state_and_empties_the_journal() {
         let dir = tmp();
-        let o = JournalOptions { compact_bytes: 2_000, ..opts() };
+        let o = JournalOptions {
+            compact_bytes: 2_000,
+            ..opts()
+        };
         let mut j = Journal::open(&dir, o.clone()).unwrap();
         for i in 0..50 {
             let id = format!("s{i}");
             j.apply(&[StoreChange::Session(session(&id))]).unwrap();
             if i % 2 == 0 {
-                j.apply(&[StoreChange::RemoveSession(CallId::new(&id))]).unwrap();
+                j.apply(&[StoreChange::RemoveSession(CallId::new(&id))])
+                    .unwrap();
             }
         }
         // Compacted along the way: far less than 50 session records.
-        assert!(j.journal_len() <= 2_000 + 1_000, "journal is {} bytes", j.journal_len());
+        assert!(
+            j.journal_len() <= 2_000 + 1_000,
+            "journal is {} bytes",
+            j.journal_len()
+        );
         assert_eq!(j.snapshot().sessions.len(), 25);
         drop(j);
         let j = Journal::open(&dir, o).unwrap();
@@ -729,8 +782,14 @@ mod tests {
     fn fsync_policy_parses() {
         assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
         assert_eq!(" Never".parse(), Ok(FsyncPolicy::Never));
-        assert_eq!("interval".parse(), Ok(FsyncPolicy::Interval(Duration::from_secs(1))));
-        assert_eq!("interval:250".parse(), Ok(FsyncPolicy::Interval(Duration::from_millis(250))));
+        assert_eq!(
+            "interval".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_secs(1)))
+        );
+        assert_eq!(
+            "interval:250".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(250)))
+        );
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
         assert!("interval:0".parse::<FsyncPolicy>().is_err());
     }

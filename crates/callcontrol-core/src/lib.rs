@@ -65,8 +65,14 @@ impl signalling::SignallingBackend for LogSignalling {
         &self,
         d: &signalling::DialogRef,
     ) -> Result<signalling::EndOutcome, error::SignallingError> {
-        log::warn!("No signalling backend: cannot end dialog {:?} ({})", d.dialog_id, d.call_id);
-        Err(error::SignallingError::Unreachable("no signalling backend configured".into()))
+        log::warn!(
+            "No signalling backend: cannot end dialog {:?} ({})",
+            d.dialog_id,
+            d.call_id
+        );
+        Err(error::SignallingError::Unreachable(
+            "no signalling backend configured".into(),
+        ))
     }
 }
 

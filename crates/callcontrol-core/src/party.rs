@@ -97,21 +97,54 @@ mod tests {
     #[test]
     fn real_world_from_headers() {
         let table: &[(&str, Option<&str>)] = &[
-            (r#""cc test" <sip:caller1@example.com>"#, Some("caller1@example.com")),
+            (
+                r#""cc test" <sip:caller1@example.com>"#,
+                Some("caller1@example.com"),
+            ),
             ("<sip:alice@example.com>", Some("alice@example.com")),
             ("sip:alice@example.com", Some("alice@example.com")),
-            ("sip:alice@example.com;user=phone", Some("alice@example.com")),
-            ("sips:bob@secure.example.com", Some("bob@secure.example.com")),
-            ("Bob <sips:bob@Example.COM:5061;transport=tls>", Some("bob@example.com")),
-            ("<sip:+31201234567@10.0.0.1:5060;user=phone>;x-param=1", Some("+31201234567@10.0.0.1")),
-            (r#""Smith, John" <sip:john@example.com>"#, Some("john@example.com")),
-            (r#""a <sip:fake@evil.com>" <sip:real@example.com>"#, Some("real@example.com")),
-            (r#""quote \" inside" <sip:q@example.com>"#, Some("q@example.com")),
-            ("Anonymous <sip:anonymous@anonymous.invalid>", Some("anonymous@anonymous.invalid")),
+            (
+                "sip:alice@example.com;user=phone",
+                Some("alice@example.com"),
+            ),
+            (
+                "sips:bob@secure.example.com",
+                Some("bob@secure.example.com"),
+            ),
+            (
+                "Bob <sips:bob@Example.COM:5061;transport=tls>",
+                Some("bob@example.com"),
+            ),
+            (
+                "<sip:+31201234567@10.0.0.1:5060;user=phone>;x-param=1",
+                Some("+31201234567@10.0.0.1"),
+            ),
+            (
+                r#""Smith, John" <sip:john@example.com>"#,
+                Some("john@example.com"),
+            ),
+            (
+                r#""a <sip:fake@evil.com>" <sip:real@example.com>"#,
+                Some("real@example.com"),
+            ),
+            (
+                r#""quote \" inside" <sip:q@example.com>"#,
+                Some("q@example.com"),
+            ),
+            (
+                "Anonymous <sip:anonymous@anonymous.invalid>",
+                Some("anonymous@anonymous.invalid"),
+            ),
             ("<sip:alice:secret@example.com>", Some("alice@example.com")),
-            ("<sip:alice@example.com?subject=hi>", Some("alice@example.com")),
+            (
+                "<sip:alice@example.com?subject=hi>",
+                Some("alice@example.com"),
+            ),
             ("<sip:[2001:db8::1]:5060>", Some("[2001:db8::1]")),
-            ("<sip:alice@[2001:db8::1]:5060>", Some("alice@[2001:db8::1]")),
+            (
+                "<sip:alice@[2001:db8::1]:5060>",
+                Some("alice@[2001:db8::1]"),
+            ),
             ("<sip:example.com>", Some("example.com")),
             ("  <SIP:Alice@example.com>  ", Some("Alice@example.com")),
             ("<tel:+31201234567>", None),

@@ -59,7 +59,10 @@ pub struct Authorisation {
 impl Authorisation {
     /// A prepaid authorisation for `secs` seconds.
     pub fn prepaid(secs: u64) -> Self {
-        Authorisation { limit: RatedLimit::Seconds(secs), account: Some(AccountType::Prepaid) }
+        Authorisation {
+            limit: RatedLimit::Seconds(secs),
+            account: Some(AccountType::Prepaid),
+        }
     }
 }
 
@@ -189,7 +192,9 @@ pub struct NoRating;
 #[async_trait]
 impl RatingBackend for NoRating {
     async fn authorise(&self, _: &AuthoriseRequest) -> Result<Authorisation, RatingError> {
-        Err(RatingError::Unreachable("no rating engine is configured".into()))
+        Err(RatingError::Unreachable(
+            "no rating engine is configured".into(),
+        ))
     }
     async fn debit(&self, _: &DebitRequest) -> Result<DebitOutcome, RatingError> {
         Ok(DebitOutcome::NotPrepaid)

@@ -49,7 +49,11 @@ impl InitRequest {
     }
     /// Marks the request prepaid (`true`) or postpaid (`false`).
     pub fn prepaid(mut self, prepaid: bool) -> Self {
-        self.prepaid = if prepaid { Prepaid::True } else { Prepaid::False };
+        self.prepaid = if prepaid {
+            Prepaid::True
+        } else {
+            Prepaid::False
+        };
         self
     }
     /// Sets `call_limit`.
@@ -162,7 +166,9 @@ pub enum Found {
     NotFound,
 }
 
-/// Every reply the engine gives.
+/// Every reply the engine gives. (Replies are short-lived, so the size of
+/// the `Session` variant is not worth a box.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// To `init`.

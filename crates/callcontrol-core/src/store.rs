@@ -77,7 +77,10 @@ impl MemoryStore {
     pub fn snapshot(&self) -> Snapshot {
         let mut sessions: Vec<Session> = self.sessions.values().cloned().collect();
         sessions.sort_by(|a, b| a.call_id.cmp(&b.call_id));
-        Snapshot { sessions, debits: self.debits.values().cloned().collect() }
+        Snapshot {
+            sessions,
+            debits: self.debits.values().cloned().collect(),
+        }
     }
     /// How many changes were applied.
     pub fn changes_applied(&self) -> u64 {

@@ -25,7 +25,10 @@ pub struct Scripted<T> {
 impl<T> Scripted<T> {
     /// Answer at once.
     pub fn now(answer: T) -> Self {
-        Scripted { answer, delay: Duration::ZERO }
+        Scripted {
+            answer,
+            delay: Duration::ZERO,
+        }
     }
     /// Answer after `delay`.
     pub fn after(delay: Duration, answer: T) -> Self {
@@ -73,7 +76,12 @@ impl FakeRating {
     }
     /// The answer to the next authorisation of this Call-ID.
     pub fn push_authorise_for(&self, call_id: &str, a: Scripted<AuthAnswer>) {
-        self.with(|s| s.auth_by_call.entry(call_id.to_string()).or_default().push_back(a));
+        self.with(|s| {
+            s.auth_by_call
+                .entry(call_id.to_string())
+                .or_default()
+                .push_back(a)
+        });
     }
     /// The answer to every debit not otherwise scripted.
     pub fn set_default_debit(&self, a: Scripted<DebitAnswer>) {
@@ -111,9 +119,15 @@ impl RatingBackend for FakeRating {
     async fn debit(&self, req: &DebitRequest) -> Result<DebitOutcome, RatingError> {
         let scripted = self.with(|s| {
             s.debits.push(req.clone());
-            s.debit_queue.pop_front().or_else(|| s.default_debit.clone()).unwrap_or_else(|| {
-                Scripted::now(Ok(DebitOutcome::Debited { max_session_time: None, price: None }))
-            })
+            s.debit_queue
+                .pop_front()
+                .or_else(|| s.default_debit.clone())
+                .unwrap_or_else(|| {
+                    Scripted::now(Ok(DebitOutcome::Debited {
+                        max_session_time: None,
+                        price: None,
+                    }))
+                })
         });
         tokio::time::sleep(scripted.delay).await;
         scripted.answer

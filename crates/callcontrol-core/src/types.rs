@@ -11,7 +11,9 @@ use crate::error::RequestError;
 /// Milliseconds since the Unix epoch. The engine only ever sees time as this
 /// value, handed to it by its driver, so virtual time and restarts (deadlines
 /// are wall-clock) work the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub u64);
 
@@ -96,7 +98,10 @@ impl BillingParty {
     /// diverter is set (not `None`), else the From URI reduced to
     /// `sip:user@host` (no display name, port or parameters).
     pub fn derive(from: &str, diverter: Option<&str>) -> Result<BillingParty, RequestError> {
-        if let Some(d) = diverter.map(str::trim).filter(|d| !d.is_empty() && *d != "None") {
+        if let Some(d) = diverter
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && *d != "None")
+        {
             let d = d
                 .strip_prefix("sip:")
                 .or_else(|| d.strip_prefix("sips:"))
@@ -182,7 +187,10 @@ impl Prepaid {
             "true" | "yes" | "1" => Ok(Prepaid::True),
             "false" | "no" | "0" => Ok(Prepaid::False),
             "unknown" | "none" | "" => Ok(Prepaid::Unknown),
-            _ => Err(RequestError::BadValue { key: "prepaid", value: s.to_string() }),
+            _ => Err(RequestError::BadValue {
+                key: "prepaid",
+                value: s.to_string(),
+            }),
         }
     }
     /// Whether the session is rated by the rating engine.
