@@ -1,0 +1,16 @@
+//! One file per command (mini-redis `cmd/`): each parses its block into a
+//! [`Request`](callcontrol_core::request::Request) and knows how its request
+//! and reply look on the wire. None touches a socket.
+
+pub(crate) mod debug;
+pub(crate) mod init;
+pub(crate) mod start;
+pub(crate) mod stop;
+pub(crate) mod terminate;
+
+/// `None` (any case) or empty → `None`.
+pub(crate) fn none_or(v: Option<&str>) -> Option<String> {
+    v.map(str::trim)
+        .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none"))
+        .map(str::to_string)
+}

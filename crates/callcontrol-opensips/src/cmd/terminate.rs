@@ -1,0 +1,29 @@
+//! `terminate`: an administrator ends a call now.
+
+use callcontrol_core::request::{Found, Request};
+use callcontrol_core::types::CallId;
+
+use crate::codec::Params;
+use crate::error::ProtocolError;
+
+/// `callid` is required.
+pub(crate) fn parse(p: &Params<'_>) -> Result<Request, ProtocolError> {
+    Ok(Request::Terminate {
+        call_id: CallId::new(p.require("callid")?),
+    })
+}
+
+/// `terminate\r\ncallid: …\r\n\r\n`.
+pub(crate) fn write_request(call_id: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"terminate\r\ncallid: ");
+    out.extend_from_slice(call_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// As the original: `Ok\r\n\r\n` or `Call id <id> does not exist\r\n\r\n`.
+pub(crate) fn write_reply(found: Found, call_id: &str, out: &mut Vec<u8>) {
+    match found {
+        Found::Ok => out.extend_from_slice(b"Ok\r\n\r\n"),
+        Found::NotFound => super::debug::write_no_such_call(call_id, out),
+    }
+}

@@ -1,0 +1,5 @@
+//! Server (stub).
+/// Config.
+pub struct ServerConfig;
+/// Serve.
+pub async fn serve() {}
