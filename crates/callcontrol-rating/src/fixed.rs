@@ -33,7 +33,10 @@ impl RatingBackend for FixedLimit {
             Some(l) => RatedLimit::Seconds(l.min(req.max_duration)),
             None => RatedLimit::Unlimited,
         };
-        Ok(Authorisation { limit, account: Some(AccountType::Prepaid) })
+        Ok(Authorisation {
+            limit,
+            account: Some(AccountType::Prepaid),
+        })
     }
 
     async fn debit(&self, _req: &DebitRequest) -> Result<DebitOutcome, RatingError> {
@@ -41,7 +44,10 @@ impl RatingBackend for FixedLimit {
     }
 
     fn health(&self) -> Vec<RatingHealth> {
-        vec![RatingHealth { address: "fixed-limit".into(), connected: true }]
+        vec![RatingHealth {
+            address: "fixed-limit".into(),
+            connected: true,
+        }]
     }
 }
 
@@ -65,10 +71,19 @@ mod tests {
     #[tokio::test]
     async fn gives_the_configured_limit_capped_by_the_request() {
         let b = FixedLimit::new(Some(600));
-        assert_eq!(b.authorise(&req(36000)).await.unwrap().limit, RatedLimit::Seconds(600));
-        assert_eq!(b.authorise(&req(300)).await.unwrap().limit, RatedLimit::Seconds(300));
+        assert_eq!(
+            b.authorise(&req(36000)).await.unwrap().limit,
+            RatedLimit::Seconds(600)
+        );
+        assert_eq!(
+            b.authorise(&req(300)).await.unwrap().limit,
+            RatedLimit::Seconds(300)
+        );
         let none = FixedLimit::new(None);
-        assert_eq!(none.authorise(&req(300)).await.unwrap().limit, RatedLimit::Unlimited);
+        assert_eq!(
+            none.authorise(&req(300)).await.unwrap().limit,
+            RatedLimit::Unlimited
+        );
     }
 
     #[tokio::test]
