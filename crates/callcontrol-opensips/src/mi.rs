@@ -1,15 +1,519 @@
-//! The OpenSIPS MI client (stub).
-/// Dialog id format.
-pub enum DialogIdFormat {
-    /** auto */
-    Auto,
-}
-/// Transport.
+//! The OpenSIPS MI client: ends dialogs with `dlg_end_dlg` (PROTOCOLS.md §3).
+//!
+//! The dialog id `dlg_end_dlg` accepts depends on the OpenSIPS version:
+//! the decimal `(h_entry << 32) + h_id` on 2.3–3.0, the DID string
+//! `R(h_entry).R(h_id)` ("reverse hex") from 3.1, and the SIP Call-ID on
+//! every version since 2.3. With [`DialogIdFormat::Auto`] the client asks
+//! `version` before its first request and again after any failure, and
+//! picks the format; when the version cannot be learnt it uses the Call-ID.
+//! A 404 for a dialog id is retried once with the Call-ID (an id format
+//! mismatch must not leave a call running); a 404 for the Call-ID means the
+//! dialog is gone. Timeouts and send errors are retried with a doubling
+//! delay, a bounded number of times. Every failure is logged with the Call-ID.
+//!
+//! Both MI transports of OpenSIPS 3.x are supported through
+//! [`jsonrpc`](crate::jsonrpc): `mi_datagram` and `mi_http`. (OpenSIPS 2.x
+//! spoke a line-based MI, not JSON-RPC; its dialog id rules are still the
+//! ones `Numeric` follows.)
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use log::{error, info, warn};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use callcontrol_core::error::SignallingError;
+use callcontrol_core::signalling::{DialogRef, EndOutcome, SignallingBackend, SignallingHealth};
+use callcontrol_core::types::{CallId, DialogId};
+
+use crate::error::RpcError;
+use crate::jsonrpc::RpcClient;
+
+/// Which MI transport to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MiTransport {
-    /** datagram */
+    /// `mi_datagram` on a Unix socket (the default).
+    #[default]
+    #[serde(alias = "mi_datagram", alias = "Datagram")]
     Datagram,
+    /// `mi_http`: `POST <url>`.
+    #[serde(alias = "mi_http", alias = "Http", alias = "HTTP")]
+    Http,
 }
-/// Config.
-pub struct MiConfig;
-/// Client.
-pub struct MiClient;
+
+/// The dialog id form sent to `dlg_end_dlg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DialogIdFormat {
+    /// Ask OpenSIPS its `version` and choose (the default).
+    #[default]
+    Auto,
+    /// OpenSIPS ≥ 3.1: `R(h_entry).R(h_id)`.
+    Did,
+    /// OpenSIPS 2.3–3.0: decimal `(h_entry << 32) + h_id`.
+    Numeric,
+    /// The SIP Call-ID (any version ≥ 2.3; ends every dialog of the Call-ID).
+    Callid,
+}
+
+/// Settings of the MI client: the `[OpenSIPS]` section of `config.ini`.
+/// The original's keys are `socket_path` and `max_connections`; the rest are
+/// new. Times are in seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct MiConfig {
+    /// `mi_transport`: `datagram` or `http`.
+    #[serde(alias = "mi_transport")]
+    pub transport: MiTransport,
+    /// `socket_path`: OpenSIPS's `mi_datagram` socket.
+    pub socket_path: PathBuf,
+    /// `mi_url`: OpenSIPS's `mi_http` URL.
+    #[serde(alias = "mi_url")]
+    pub url: String,
+    /// `dialog_id_format`: `auto`, `did`, `numeric` or `callid`.
+    pub dialog_id_format: DialogIdFormat,
+    /// `mi_timeout`: seconds to wait for one reply.
+    #[serde(alias = "mi_timeout")]
+    pub timeout: f64,
+    /// `mi_retries`: further attempts after a timeout or send error.
+    #[serde(alias = "mi_retries")]
+    pub retries: u32,
+    /// `max_connections`: most MI requests in flight at once.
+    pub max_connections: usize,
+    /// `mi_reply_dir`: where our datagram reply socket is bound (default: the
+    /// system temp dir); OpenSIPS must be able to write there.
+    #[serde(alias = "mi_reply_dir")]
+    pub reply_dir: Option<PathBuf>,
+}
+
+impl Default for MiConfig {
+    fn default() -> Self {
+        MiConfig {
+            transport: MiTransport::Datagram,
+            socket_path: PathBuf::from("/run/opensips/socket"),
+            url: "http://127.0.0.1:8888/mi".into(),
+            dialog_id_format: DialogIdFormat::Auto,
+            timeout: 1.0,
+            retries: 3,
+            max_connections: 10,
+            reply_dir: None,
+        }
+    }
+}
+
+impl MiConfig {
+    /// Checks the values; the message names the section and key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.timeout > 0.0 && self.timeout <= 60.0) {
+            return Err(format!(
+                "[OpenSIPS] mi_timeout must be in (0, 60] seconds, not {}",
+                self.timeout
+            ));
+        }
+        if self.retries > 10 {
+            return Err(format!(
+                "[OpenSIPS] mi_retries must be at most 10, not {}",
+                self.retries
+            ));
+        }
+        if self.transport == MiTransport::Http
+            && crate::jsonrpc::HttpClient::new(&self.url).is_err()
+        {
+            return Err(format!(
+                "[OpenSIPS] mi_url {:?} is not an http://host:port/path URL",
+                self.url
+            ));
+        }
+        Ok(())
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.clamp(0.001, 60.0))
+    }
+}
+
+/// "Reverse hex": the lowercase hex digits of `n`, least significant first.
+pub fn reverse_hex(n: u32) -> String {
+    let s = format!("{n:x}");
+    s.chars().rev().collect()
+}
+
+/// The DID string of OpenSIPS ≥ 3.1: `R(h_entry).R(h_id)`.
+pub fn did(d: DialogId) -> String {
+    format!("{}.{}", reverse_hex(d.h_entry), reverse_hex(d.h_id))
+}
+
+/// The id to send for a dialog in a (non-auto) format; the Call-ID when the
+/// dialog id is unknown.
+pub fn dialog_param(format: DialogIdFormat, dialog: &DialogRef) -> String {
+    match (format, dialog.dialog_id) {
+        (DialogIdFormat::Did, Some(d)) => did(d),
+        (DialogIdFormat::Numeric, Some(d)) => d.as_u64().to_string(),
+        _ => dialog.call_id.to_string(),
+    }
+}
+
+/// The id format for an OpenSIPS version string such as
+/// `OpenSIPS (3.6.8 (x86_64/linux))`.
+pub fn format_for_version(version: &str) -> Option<DialogIdFormat> {
+    let start = version.find(|c: char| c.is_ascii_digit())?;
+    let mut parts = version[start..].split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some(if (major, minor) >= (3, 1) {
+        DialogIdFormat::Did
+    } else if (major, minor) >= (2, 3) {
+        DialogIdFormat::Numeric
+    } else {
+        // ≤ 2.2 wants two params; the Call-ID is not accepted there either,
+        // but the numeric form is the closest thing we can send.
+        DialogIdFormat::Numeric
+    })
+}
+
+/// Counters of `dlg_end_dlg` requests by result (each attempt counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MiStats {
+    /// Answered OK.
+    pub ok: u64,
+    /// Answered 404.
+    pub not_found: u64,
+    /// Answered another error, or nonsense, or could not be sent.
+    pub error: u64,
+    /// No answer in time.
+    pub timeout: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU64,
+    not_found: AtomicU64,
+    error: AtomicU64,
+    timeout: AtomicU64,
+}
+
+/// The OpenSIPS MI client. See the module docs.
+pub struct MiClient {
+    config: MiConfig,
+    rpc: RpcClient,
+    /// The format learnt from `version` (auto mode); reset after failures.
+    detected: Mutex<Option<(DialogIdFormat, String)>>,
+    reachable: AtomicBool,
+    in_flight: tokio::sync::Semaphore,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for MiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiClient")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The first retry delay; doubles per attempt.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl MiClient {
+    /// A client (binds the datagram reply socket; call inside a tokio
+    /// runtime). Nothing is sent until the first request or [`probe`].
+    ///
+    /// [`probe`]: MiClient::probe
+    pub fn new(config: MiConfig) -> Result<Self, RpcError> {
+        let rpc = match config.transport {
+            MiTransport::Datagram => {
+                RpcClient::datagram(&config.socket_path, config.reply_dir.as_deref()).map_err(
+                    |e| RpcError::Unreachable {
+                        address: config.socket_path.display().to_string(),
+                        reason: format!("cannot bind a reply socket: {e}"),
+                    },
+                )?
+            }
+            MiTransport::Http => RpcClient::http(&config.url)?,
+        };
+        let permits = config.max_connections.max(1);
+        Ok(MiClient {
+            config,
+            rpc,
+            detected: Mutex::new(None),
+            reachable: AtomicBool::new(false),
+            in_flight: tokio::sync::Semaphore::new(permits),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MiConfig {
+        &self.config
+    }
+
+    /// Counters of `dlg_end_dlg` attempts by result, for metrics.
+    pub fn stats(&self) -> MiStats {
+        let c = &self.counters;
+        MiStats {
+            ok: c.ok.load(Ordering::Relaxed),
+            not_found: c.not_found.load(Ordering::Relaxed),
+            error: c.error.load(Ordering::Relaxed),
+            timeout: c.timeout.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Asks OpenSIPS its version (at start-up, in auto mode) and returns it.
+    pub async fn probe(&self) -> Result<String, RpcError> {
+        let v = self.call("version", Value::Null).await?;
+        let version = v
+            .get("Server")
+            .and_then(Value::as_str)
+            .or_else(|| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let format = format_for_version(&version).unwrap_or(DialogIdFormat::Callid);
+        info!(
+            "OpenSIPS MI at {} is {version:?}: ending dialogs by {format:?} id",
+            self.rpc.address()
+        );
+        *self.lock_detected() = Some((format, version.clone()));
+        Ok(version)
+    }
+
+    fn lock_detected(&self) -> std::sync::MutexGuard<'_, Option<(DialogIdFormat, String)>> {
+        self.detected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let _permit = self.in_flight.acquire().await;
+        let r = self.rpc.call(method, params, self.config.timeout()).await;
+        let reachable = !matches!(r, Err(RpcError::Unreachable { .. } | RpcError::Timeout(_)));
+        self.reachable.store(reachable, Ordering::Relaxed);
+        r
+    }
+
+    /// The format to use now.
+    async fn format(&self, call_id: &CallId) -> DialogIdFormat {
+        if self.config.dialog_id_format != DialogIdFormat::Auto {
+            return self.config.dialog_id_format;
+        }
+        if let Some((f, _)) = self.lock_detected().as_ref() {
+            return *f;
+        }
+        match self.probe().await {
+            Ok(_) => self
+                .lock_detected()
+                .as_ref()
+                .map(|(f, _)| *f)
+                .unwrap_or(DialogIdFormat::Callid),
+            Err(e) => {
+                warn!("Cannot learn the OpenSIPS version ({e}); ending the dialog by its Call-ID ({call_id})");
+                DialogIdFormat::Callid
+            }
+        }
+    }
+
+    /// One `dlg_end_dlg`, retried after timeouts and send errors.
+    async fn end_with_retries(&self, param: &str, call_id: &CallId) -> Result<(), RpcError> {
+        let mut attempt = 0;
+        loop {
+            let r = self.call("dlg_end_dlg", json!([param])).await;
+            let counter = match &r {
+                Ok(_) => &self.counters.ok,
+                Err(RpcError::Remote { code: 404, .. }) => &self.counters.not_found,
+                Err(RpcError::Timeout(_)) => &self.counters.timeout,
+                Err(_) => &self.counters.error,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e @ (RpcError::Timeout(_) | RpcError::Unreachable { .. }))
+                    if attempt < self.config.retries =>
+                {
+                    let delay = BACKOFF_MIN
+                        .saturating_mul(1 << attempt.min(8))
+                        .min(BACKOFF_MAX);
+                    attempt += 1;
+                    warn!(
+                        "dlg_end_dlg {param} failed ({e}), attempt {attempt} of {}, retrying in {} ms ({call_id})",
+                        self.config.retries + 1,
+                        delay.as_millis()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn forget_version(&self) {
+        if self.config.dialog_id_format == DialogIdFormat::Auto {
+            *self.lock_detected() = None;
+        }
+    }
+}
+
+#[async_trait]
+impl SignallingBackend for MiClient {
+    async fn end_dialog(&self, dialog: &DialogRef) -> Result<EndOutcome, SignallingError> {
+        let call_id = &dialog.call_id;
+        let format = self.format(call_id).await;
+        let param = dialog_param(format, dialog);
+        match self.end_with_retries(&param, call_id).await {
+            Ok(()) => {
+                info!("OpenSIPS ended dialog {param} ({call_id})");
+                return Ok(EndOutcome::Ended);
+            }
+            Err(RpcError::Remote { code: 404, .. }) if param != call_id.as_str() => {
+                warn!("OpenSIPS does not know dialog {param}; trying the Call-ID ({call_id})");
+                self.forget_version();
+            }
+            Err(RpcError::Remote { code: 404, .. }) => {
+                info!("OpenSIPS no longer has the dialog ({call_id})");
+                return Ok(EndOutcome::NotFound);
+            }
+            Err(e) => {
+                error!(
+                    "Could not end dialog {param} through OpenSIPS MI {}: {e} ({call_id})",
+                    self.rpc.address()
+                );
+                self.forget_version();
+                return Err(e.into());
+            }
+        }
+        match self.end_with_retries(call_id.as_str(), call_id).await {
+            Ok(()) => {
+                info!("OpenSIPS ended the dialog by its Call-ID ({call_id})");
+                Ok(EndOutcome::Ended)
+            }
+            Err(RpcError::Remote { code: 404, .. }) => {
+                info!("OpenSIPS no longer has the dialog ({call_id})");
+                Ok(EndOutcome::NotFound)
+            }
+            Err(e) => {
+                error!(
+                    "Could not end the dialog by its Call-ID through OpenSIPS MI: {e} ({call_id})"
+                );
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn list_dialogs(&self) -> Result<Option<Vec<CallId>>, SignallingError> {
+        let v = self.call("dlg_list", Value::Null).await.map_err(|e| {
+            error!(
+                "dlg_list through OpenSIPS MI {} failed: {e}",
+                self.rpc.address()
+            );
+            SignallingError::from(e)
+        })?;
+        Ok(Some(parse_dialog_list(&v)))
+    }
+
+    fn health(&self) -> Option<SignallingHealth> {
+        Some(SignallingHealth {
+            address: self.rpc.address(),
+            reachable: self.reachable.load(Ordering::Relaxed),
+            version: self.lock_detected().as_ref().map(|(_, v)| v.clone()),
+        })
+    }
+}
+
+/// The Call-IDs of a `dlg_list` result, leaving out deleted dialogs
+/// (state 5, which linger a few seconds after they end).
+pub fn parse_dialog_list(v: &Value) -> Vec<CallId> {
+    v.get("Dialogs")
+        .and_then(Value::as_array)
+        .map(|dialogs| {
+            dialogs
+                .iter()
+                .filter(|d| d.get("state").and_then(Value::as_u64) != Some(5))
+                .filter_map(|d| d.get("callid").and_then(Value::as_str))
+                .map(CallId::new)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_vectors() {
+        assert_eq!(did(DialogId::new(0xb61, 0x41fa2203)), "16b.3022af14");
+        assert_eq!(did(DialogId::new(0xa1b, 0x5ff9feb)), "b1a.bef9ff5");
+        assert_eq!(reverse_hex(0x3f0), "0f3");
+        assert_eq!(reverse_hex(0), "0");
+        assert_eq!(
+            did(DialogId::parse("11111181033451").unwrap()),
+            "b1a.bef9ff5"
+        );
+    }
+
+    #[test]
+    fn params_per_format() {
+        let d = DialogRef {
+            call_id: CallId::new("c@h"),
+            dialog_id: Some(DialogId::new(0xa1b, 0x5ff9feb)),
+        };
+        assert_eq!(dialog_param(DialogIdFormat::Did, &d), "b1a.bef9ff5");
+        assert_eq!(dialog_param(DialogIdFormat::Numeric, &d), "11111181033451");
+        assert_eq!(dialog_param(DialogIdFormat::Callid, &d), "c@h");
+        let unanswered = DialogRef {
+            call_id: CallId::new("c@h"),
+            dialog_id: None,
+        };
+        assert_eq!(dialog_param(DialogIdFormat::Did, &unanswered), "c@h");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            format_for_version("OpenSIPS (3.6.8 (x86_64/linux))"),
+            Some(DialogIdFormat::Did)
+        );
+        assert_eq!(
+            format_for_version("OpenSIPS (3.1.0 (x86_64/linux))"),
+            Some(DialogIdFormat::Did)
+        );
+        assert_eq!(
+            format_for_version("OpenSIPS (3.0.5 (x86_64/linux))"),
+            Some(DialogIdFormat::Numeric)
+        );
+        assert_eq!(
+            format_for_version("OpenSIPS (2.4.11 (x86_64/linux))"),
+            Some(DialogIdFormat::Numeric)
+        );
+        assert_eq!(format_for_version("nonsense"), None);
+    }
+
+    #[test]
+    fn dialog_list_skips_deleted() {
+        let v = json!({"count": 2, "Dialogs": [
+            {"ID": "16b.3022af14", "state": 4, "callid": "a"},
+            {"ID": "1.1", "state": 5, "callid": "b"}]});
+        assert_eq!(parse_dialog_list(&v), vec![CallId::new("a")]);
+    }
+
+    #[test]
+    fn config_deserializes_with_ini_names() {
+        let c: MiConfig = serde_json::from_value(json!({
+            "mi_transport": "http", "mi_url": "http://127.0.0.1:8888/mi",
+            "dialog_id_format": "did", "mi_timeout": 0.5, "socket_path": "/tmp/x"
+        }))
+        .unwrap();
+        assert_eq!(c.transport, MiTransport::Http);
+        assert_eq!(c.dialog_id_format, DialogIdFormat::Did);
+        assert_eq!(c.timeout, 0.5);
+        assert!(c.validate().is_ok());
+        assert!(MiConfig {
+            timeout: 0.0,
+            ..MiConfig::default()
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,5 +1,255 @@
-//! Server (stub).
-/// Config.
-pub struct ServerConfig;
-/// Serve.
-pub async fn serve() {}
+//! The `call_control` Unix stream socket server.
+//!
+//! OpenSIPS keeps one persistent connection per worker and is strictly
+//! request → reply on each, blocking a SIP worker until the reply line or its
+//! 500 ms timeout; the `init`, `start` and `stop` of one call usually come on
+//! different connections. So: one task per connection, requests of a
+//! connection served in order (its replies must be in order), every
+//! connection independent of the others — a slow rating answer holds only
+//! the connection waiting for it, since the engine driver serves other
+//! requests meanwhile. Replies are written to a buffer and flushed when no
+//! complete request is left in the input, so a pipelining client gets its
+//! replies in one write.
+//!
+//! [`serve_connection`] is generic over `AsyncRead + AsyncWrite`, so tests
+//! can drive it with `tokio::io::duplex`.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use callcontrol_core::driver::Handle;
+use callcontrol_core::request::{Reply, Request};
+use callcontrol_core::types::CallId;
+
+use crate::codec::{command_name, write_reply, Decoder, ReplyFraming};
+use crate::error::ProtocolError;
+
+/// Called after every reply with the command (`init`, `start`, `stop`,
+/// `debug`, `terminate`), the time from a complete request to its reply, and
+/// the reply — for metrics.
+pub type RequestObserver = Arc<dyn Fn(&'static str, Duration, &Reply) + Send + Sync>;
+/// Called for every request answered with an error reply.
+pub type ProtocolErrorObserver = Arc<dyn Fn(&ProtocolError) + Send + Sync>;
+
+/// Settings of the server.
+#[derive(Clone, Default)]
+pub struct ServerConfig {
+    /// Most connections served at once (0: no limit). Further clients wait
+    /// in the listen backlog until a connection closes.
+    pub max_connections: usize,
+    /// Metrics hook, called after every reply.
+    pub on_request: Option<RequestObserver>,
+    /// Metrics hook, called for every protocol error.
+    pub on_protocol_error: Option<ProtocolErrorObserver>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("max_connections", &self.max_connections)
+            .field("on_request", &self.on_request.is_some())
+            .field("on_protocol_error", &self.on_protocol_error.is_some())
+            .finish()
+    }
+}
+
+/// Creates the listening socket as the original did: a stale socket file is
+/// removed, the socket is made group-owned by `group` with mode 0660, or
+/// mode 0666 when that group does not exist (a failure to change ownership is
+/// logged, not fatal). Refuses to start when another process still answers
+/// on `path`. Must be called inside a tokio runtime.
+pub fn bind_socket(path: &Path, group: Option<&str>) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another process is listening on {}", path.display()),
+            ));
+        }
+        info!("Removing stale socket {}", path.display());
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let gid = group.and_then(|g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(g)) => Some(g.gid.as_raw()),
+        Ok(None) => None,
+        Err(e) => {
+            warn!("Cannot look up group {g}: {e}");
+            None
+        }
+    });
+    let mode = match gid {
+        Some(gid) => match std::os::unix::fs::chown(path, None, Some(gid)) {
+            Ok(()) => 0o660,
+            Err(e) => {
+                warn!(
+                    "Cannot give {} to group {}: {e}; the proxy may not be able to connect",
+                    path.display(),
+                    group.unwrap_or("")
+                );
+                0o660
+            }
+        },
+        None => 0o666,
+    };
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        warn!("Cannot set the mode of {}: {e}", path.display());
+    }
+    Ok(listener)
+}
+
+/// Serves connections until `shutdown` is cancelled, then lets every
+/// connection finish the request it is serving, and removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    handle: Handle,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let tracker = TaskTracker::new();
+    let limit =
+        (config.max_connections > 0).then(|| Arc::new(Semaphore::new(config.max_connections)));
+    let config = Arc::new(config);
+    loop {
+        let permit = match &limit {
+            Some(sem) => tokio::select! {
+                p = sem.clone().acquire_owned() => p.ok(),
+                _ = shutdown.cancelled() => break,
+            },
+            None => None,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = match stream {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                error!("Cannot accept a connection on the call_control socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (handle, config, shutdown) = (handle.clone(), config.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_connection(stream, handle, &config, shutdown).await {
+                info!("call_control connection closed: {e}");
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    if let Ok(addr) = listener.local_addr() {
+        if let Some(path) = addr.as_pathname() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+/// Serves one connection until the client closes it or `shutdown` is
+/// cancelled (the request being served is answered first). An `Err` is an
+/// I/O failure, typically the client gone before its reply; the request was
+/// still served, so no session is lost.
+pub async fn serve_connection<S>(
+    stream: S,
+    handle: Handle,
+    config: &ServerConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = BufWriter::with_capacity(8 * 1024, stream);
+    let mut decoder = Decoder::new();
+    let mut out = Vec::with_capacity(256);
+    loop {
+        while let Some(frame) = decoder.decode() {
+            match frame {
+                Ok(request) => {
+                    let name = command_name(&request);
+                    let framing = ReplyFraming::of(&request);
+                    let call_id = call_id_of(&request);
+                    let started = config.on_request.as_ref().map(|_| Instant::now());
+                    let reply = match handle.request(request).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // The engine is stopping: answer, then close.
+                            warn!("{e}: answering {name} with Error ({call_id})");
+                            let bytes: &[u8] = if framing == ReplyFraming::Block {
+                                b"Error\r\n\r\n"
+                            } else {
+                                b"Error\r\n"
+                            };
+                            stream.write_all(bytes).await?;
+                            stream.flush().await?;
+                            return Ok(());
+                        }
+                    };
+                    out.clear();
+                    write_reply(&reply, Some(call_id.as_str()), &mut out);
+                    if let Err(e) = stream.write_all(&out).await {
+                        warn!("Client gone before the reply to {name} ({call_id}): {e}");
+                        return Err(e);
+                    }
+                    if let (Some(hook), Some(t)) = (&config.on_request, started) {
+                        hook(name, t.elapsed(), &reply);
+                    }
+                }
+                Err(e) => {
+                    warn!("Bad request on the call_control socket, answered Error: {e}");
+                    if let Some(hook) = &config.on_protocol_error {
+                        hook(&e);
+                    }
+                    stream.write_all(e.reply_bytes()).await?;
+                }
+            }
+        }
+        if !stream.buffer().is_empty() {
+            if let Err(e) = stream.flush().await {
+                warn!("Client gone before its reply was sent: {e}");
+                return Err(e);
+            }
+        }
+        let buf = decoder.buffer_mut();
+        buf.reserve(4096);
+        let n = tokio::select! {
+            r = stream.read_buf(buf) => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        if n == 0 {
+            if decoder.in_request() {
+                warn!("Client closed its call_control connection in the middle of a request");
+            } else {
+                debug!("call_control client disconnected");
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn call_id_of(request: &Request) -> CallId {
+    match request {
+        Request::Init(r) => r.call_id.clone(),
+        Request::Start(r) => r.call_id.clone(),
+        Request::Stop { call_id } | Request::Show { call_id } | Request::Terminate { call_id } => {
+            call_id.clone()
+        }
+        Request::List { .. } => CallId::new("-"),
+    }
+}
