@@ -802,12 +802,18 @@ impl Engine {
 
     // ---- sessions ---------------------------------------------------------
 
-    fn insert_session(&mut self, session: Session, deadline: Option<Timestamp>) {
+    fn insert_session(&mut self, mut session: Session, deadline: Option<Timestamp>) {
         let id = session.call_id.clone();
-        self.parties
-            .entry(session.party.clone())
-            .or_default()
-            .push(id.clone());
+        // One allocation of the party's name, shared by all its sessions.
+        match self.parties.get_mut(&session.party) {
+            Some(ids) => ids.push(id.clone()),
+            None => {
+                self.parties.insert(session.party.clone(), vec![id.clone()]);
+            }
+        }
+        if let Some((k, _)) = self.parties.get_key_value(&session.party) {
+            session.party = k.clone();
+        }
         self.sessions.insert(id.clone(), session);
         self.set_deadline(&id, deadline);
         self.persist(&id);
