@@ -1,0 +1,667 @@
+//! The `call-control` daemon: arguments, assembly, signals, restart.
+//!
+//! `main.rs` calls [`main`]. It parses the arguments, loads and checks
+//! `config.ini` (a bad value stops it here, exit code 2), forks when asked
+//! (before any thread exists), sets up logging, then runs [`run`] on a tokio
+//! runtime. [`run`] is also what the tests drive, with a [`Control`] instead
+//! of signals.
+//!
+//! Start-up order matters for "nothing acknowledged is lost": the journal is
+//! opened and replayed first; the proxy's dialog list is fetched (when the
+//! signalling backend can list dialogs) so that calls that ended while the
+//! daemon was down are reconciled *before* any restored timer fires; only
+//! then does the engine start and the socket open.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use log::{error, info, warn};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use callcontrol_core::clock::{Clock, TokioClock};
+use callcontrol_core::config::RatingFailurePolicy;
+use callcontrol_core::driver::{self, Parts, Reconcile};
+use callcontrol_core::journal::{Journal, JournalOptions};
+use callcontrol_core::rating::{NoRating, RatingBackend};
+use callcontrol_core::signalling::SignallingBackend;
+use callcontrol_core::store::SessionStore;
+use callcontrol_core::types::SessionState;
+use callcontrol_core::LogSignalling;
+use callcontrol_opensips::server::{self, ServerConfig};
+
+use crate::config::{self, Config, ConfigError, ProxyKind};
+use crate::fork::{self, Ready};
+use crate::logging::{self, LogTarget};
+
+const ABOUT: &str = "Call Control: limits the duration of SIP calls for OpenSIPS/Kamailio, \
+                     with prepaid balances from CDRTool";
+
+const LONG_ABOUT: &str = "\
+call-control limits the duration of SIP sessions. The proxy's call_control module asks it about
+every new call on a UNIX socket; call-control answers with the call's limit (from the CDRTool
+rating engine for prepaid calls, from [CallControl] limit for the others), keeps a timer per call,
+ends calls that reach their limit through the proxy's management interface (OpenSIPS MI or
+Kamailio RPC), and debits prepaid calls when they end.
+
+Sessions and owed debits are kept in a journal in the runtime directory: a restart, a crash or a
+kill -9 loses no call and no debit.";
+
+const AFTER_HELP: &str = "\
+FILES:
+    <config dir>/config.ini        settings (see config.ini.sample); then /etc/callcontrol/config.ini
+    <runtime dir>/socket           the socket the proxy connects to ([CallControl] socket)
+    <runtime dir>/call-control.pid PID file when forked (--pid)
+    <runtime dir>/sessions.journal, sessions.snapshot
+                                   saved sessions and owed debits (do not delete while calls run)
+
+SIGNALS:
+    SIGTERM  stop gracefully: stop accepting, answer the requests in flight, save, exit
+    SIGINT   stop fast: save and exit without waiting for requests in flight
+    SIGHUP   reload the live settings (limit, prepaid_limit, timeout, setup_timeout,
+             rating_failure, rating_failure_limit, [CDRTool] timeout) and log what changed
+
+EXIT STATUS:
+    0  stopped normally
+    1  could not start or failed while running (socket, runtime directory, journal)
+    2  bad command line or configuration (the message names the section, key and value)
+
+EXAMPLES:
+    call-control --no-fork --runtime-dir /tmp/cc          foreground, embedded defaults
+    call-control --systemd                                under systemd (Type=simple)
+    call-control --config /etc/callcontrol/config.ini --limit 3600";
+
+/// The daemon's command line.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "call-control", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Directory holding config.ini [default: /etc/callcontrol]
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Read this file instead of <config dir>/config.ini (it must exist)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Runtime directory: socket, PID file, session journal
+    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_RUNTIME_DIR)]
+    pub runtime_dir: PathBuf,
+    /// Run in the foreground, logging to stderr
+    #[arg(long)]
+    pub no_fork: bool,
+    /// Run under systemd: foreground, journald-style log lines (implies --no-fork)
+    #[arg(long)]
+    pub systemd: bool,
+    /// Log debug lines, including every request and reply
+    #[arg(long)]
+    pub debug: bool,
+    /// PID file when forked [default: <runtime dir>/call-control.pid]
+    #[arg(long, value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+    /// Check the configuration, print the effective settings and exit
+    #[arg(long)]
+    pub check_config: bool,
+    /// Override [CallControl] socket
+    #[arg(long, value_name = "PATH", help_heading = "Overrides")]
+    pub socket: Option<String>,
+    /// Override [CallControl] group
+    #[arg(long, value_name = "GROUP", help_heading = "Overrides")]
+    pub group: Option<String>,
+    /// Override [CallControl] limit (seconds, or None)
+    #[arg(long, value_name = "SECONDS", help_heading = "Overrides")]
+    pub limit: Option<String>,
+    /// Override [CallControl] prepaid_limit (seconds, or None)
+    #[arg(long, value_name = "SECONDS", help_heading = "Overrides")]
+    pub prepaid_limit: Option<String>,
+    /// Override [CallControl] rating_failure (reject or allow)
+    #[arg(long, value_name = "POLICY", help_heading = "Overrides")]
+    pub rating_failure: Option<String>,
+    /// Override [CallControl] proxy (opensips, kamailio or none)
+    #[arg(long, value_name = "PROXY", help_heading = "Overrides")]
+    pub proxy: Option<String>,
+    /// Override [CallControl] journal_fsync (always, interval, interval:<ms>, never)
+    #[arg(long, value_name = "POLICY", help_heading = "Overrides")]
+    pub journal_fsync: Option<String>,
+    /// Override [CDRTool] address (host[:port] ..., or None)
+    #[arg(long, value_name = "ADDRESS", help_heading = "Overrides")]
+    pub cdrtool: Option<String>,
+    /// Override [OpenSIPS] socket_path (the MI datagram socket)
+    #[arg(long, value_name = "PATH", help_heading = "Overrides")]
+    pub mi_socket: Option<String>,
+    /// Override [Web] port (or None)
+    #[arg(long, value_name = "PORT", help_heading = "Overrides")]
+    pub web_port: Option<String>,
+}
+
+impl Args {
+    /// The overrides as `(section, key, value)`.
+    fn overrides(&self) -> Vec<(&'static str, &'static str, String)> {
+        let pairs: [(&str, &str, &Option<String>); 10] = [
+            ("CallControl", "socket", &self.socket),
+            ("CallControl", "group", &self.group),
+            ("CallControl", "limit", &self.limit),
+            ("CallControl", "prepaid_limit", &self.prepaid_limit),
+            ("CallControl", "rating_failure", &self.rating_failure),
+            ("CallControl", "proxy", &self.proxy),
+            ("CallControl", "journal_fsync", &self.journal_fsync),
+            ("CDRTool", "address", &self.cdrtool),
+            ("OpenSIPS", "socket_path", &self.mi_socket),
+            ("Web", "port", &self.web_port),
+        ];
+        pairs
+            .iter()
+            .filter_map(|(s, k, v)| v.as_ref().map(|v| (*s, *k, v.clone())))
+            .collect()
+    }
+
+    /// Loads the configuration file (if any) and applies the overrides.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut c = match config::locate(self.config.as_deref(), self.config_dir.as_deref())? {
+            Some(path) => Config::load(&path)?,
+            None => Config::default(),
+        };
+        for (section, key, value) in self.overrides() {
+            c.set(section, key, &value).map_err(|message| ConfigError {
+                origin: "command line".into(),
+                section: Some(section.into()),
+                key: Some(key.into()),
+                value: Some(value.clone()),
+                message,
+            })?;
+        }
+        Ok(c)
+    }
+}
+
+/// The daemon's entry point (`main.rs` calls only this).
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("call-control: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        print_settings(&config, &args.runtime_dir);
+        return ExitCode::SUCCESS;
+    }
+    let fork = !(args.no_fork || args.systemd);
+    let mut ready = if fork {
+        match fork::daemonize() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("call-control: cannot fork: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        Ready::none()
+    };
+    let target = match (fork, args.systemd) {
+        (true, _) => LogTarget::Syslog,
+        (false, true) => LogTarget::Journald,
+        (false, false) => LogTarget::Stderr,
+    };
+    logging::init(target, args.debug);
+    let pid_file = fork.then(|| {
+        args.pid
+            .clone()
+            .unwrap_or_else(|| args.runtime_dir.join("call-control.pid"))
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            ready.report(Err(format!("cannot start the runtime: {e}")));
+            error!("Cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = RunOptions {
+        runtime_dir: args.runtime_dir.clone(),
+        args: Some(args),
+        pid_file: pid_file.clone(),
+    };
+    let result = runtime.block_on(async move {
+        let control = Control::from_signals()?;
+        run(config, options, control, ready).await
+    });
+    if let Some(p) = pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            if !fork {
+                // Also on stderr when logging goes to stderr already? Only
+                // once: the logger printed it.
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_settings(c: &Config, runtime_dir: &Path) {
+    println!(
+        "config file: {}",
+        c.path
+            .as_ref()
+            .map_or("none (embedded defaults)".into(), |p| p
+                .display()
+                .to_string())
+    );
+    println!("socket: {}", c.socket(runtime_dir).display());
+    println!("group: {}", c.call_control.group);
+    for (k, v) in c.live_settings() {
+        println!("{k}: {v}");
+    }
+    println!(
+        "rating engine: {}",
+        if c.cdrtool.address.is_empty() {
+            "none".to_string()
+        } else {
+            c.cdrtool
+                .address
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
+    println!("proxy: {:?}", c.call_control.proxy);
+    println!("journal fsync: {:?}", c.call_control.journal_fsync);
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
+}
+
+/// How to stop or reload a running daemon (signals, or a test).
+#[derive(Debug)]
+pub struct Control {
+    /// Cancel to stop gracefully (SIGTERM).
+    pub graceful: CancellationToken,
+    /// Cancel to stop fast (SIGINT).
+    pub fast: CancellationToken,
+    /// Send to reload (SIGHUP).
+    pub reload: mpsc::Receiver<()>,
+}
+
+/// The other ends of a [`Control`], for tests.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    /// Stop gracefully.
+    pub graceful: CancellationToken,
+    /// Stop fast.
+    pub fast: CancellationToken,
+    /// Reload.
+    pub reload: mpsc::Sender<()>,
+}
+
+impl Control {
+    /// A control and its controller (no signals).
+    pub fn new() -> (Control, Controller) {
+        let (tx, rx) = mpsc::channel(4);
+        let (g, f) = (CancellationToken::new(), CancellationToken::new());
+        (
+            Control {
+                graceful: g.clone(),
+                fast: f.clone(),
+                reload: rx,
+            },
+            Controller {
+                graceful: g,
+                fast: f,
+                reload: tx,
+            },
+        )
+    }
+
+    /// A control driven by SIGTERM, SIGINT and SIGHUP.
+    pub fn from_signals() -> anyhow::Result<Control> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (control, c) = Control::new();
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => { info!("SIGTERM received, stopping gracefully"); c.graceful.cancel(); }
+                    _ = int.recv() => { info!("SIGINT received, stopping"); c.fast.cancel(); }
+                    _ = hup.recv() => { let _ = c.reload.try_send(()); }
+                }
+            }
+        });
+        Ok(control)
+    }
+}
+
+/// What [`run`] needs besides the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The runtime directory (journal; default socket).
+    pub runtime_dir: PathBuf,
+    /// The command line, to re-read the configuration on reload (`None`:
+    /// reload keeps the current settings).
+    pub args: Option<Args>,
+    /// PID file to write once serving.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Runs the daemon until `control` says stop. `ready` is told when the
+/// socket is open (or why start-up failed).
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    mut control: Control,
+    mut ready: Ready,
+) -> anyhow::Result<()> {
+    let started = start(&config, &options).await;
+    let daemon = match started {
+        Ok(d) => d,
+        Err(e) => {
+            ready.report(Err(format!("{e:#}")));
+            return Err(e);
+        }
+    };
+    if let Some(p) = &options.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            warn!("Cannot write PID file {}: {e}", p.display());
+        }
+    }
+    ready.report(Ok(()));
+    let mut current = config;
+    let fast = loop {
+        tokio::select! {
+            _ = control.graceful.cancelled() => break false,
+            _ = control.fast.cancelled() => break true,
+            Some(()) = control.reload.recv() => reload(&mut current, &options, &daemon.handle).await,
+        }
+    };
+    daemon.stop(fast).await
+}
+
+struct Daemon {
+    handle: driver::Handle,
+    engine_stop: CancellationToken,
+    engine: tokio::task::JoinHandle<Result<(), callcontrol_core::error::StoreError>>,
+    server_stop: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    web_stop: CancellationToken,
+    web: Option<tokio::task::JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    async fn stop(self, fast: bool) -> anyhow::Result<()> {
+        self.server_stop.cancel();
+        self.web_stop.cancel();
+        if fast {
+            // Do not wait for the requests in flight: what was acknowledged
+            // is in the journal already.
+            self.server.abort();
+            let _ = std::fs::remove_file(&self.socket);
+        } else {
+            // Stop accepting, answer what is in flight; serve() removes the socket.
+            match self.server.await {
+                Ok(Err(e)) => warn!("call_control server: {e}"),
+                Err(e) if !e.is_cancelled() => warn!("call_control server: {e}"),
+                _ => {}
+            }
+        }
+        if let Some(web) = self.web {
+            let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
+        }
+        self.engine_stop.cancel();
+        let saved = self.engine.await.map_err(|e| anyhow!("engine task: {e}"))?;
+        saved.context("saving the sessions")?;
+        info!("Call Control stopped");
+        Ok(())
+    }
+}
+
+async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> {
+    info!("Starting Call Control {}", env!("CARGO_PKG_VERSION"));
+    match &config.path {
+        Some(p) => info!("Configuration read from {}", p.display()),
+        None => info!("No config.ini found: running on the embedded defaults"),
+    }
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    std::fs::create_dir_all(&options.runtime_dir).with_context(|| {
+        format!(
+            "cannot create the runtime directory {}",
+            options.runtime_dir.display()
+        )
+    })?;
+
+    let journal_opts = JournalOptions {
+        fsync: config.call_control.journal_fsync,
+        ..Default::default()
+    };
+    let journal = Journal::open(&options.runtime_dir, journal_opts).with_context(|| {
+        format!(
+            "cannot open the session journal in {}",
+            options.runtime_dir.display()
+        )
+    })?;
+    let recovery = journal.recovery().clone();
+    let saved = journal.snapshot();
+    if recovery.down_since.is_some() {
+        let how = if recovery.clean_shutdown {
+            "stopped cleanly"
+        } else {
+            "did not stop cleanly"
+        };
+        info!(
+            "The previous run {how}; restoring {} sessions and {} owed debits from the journal",
+            saved.sessions.len(),
+            saved.debits.len()
+        );
+    }
+
+    let rating = build_rating(config)?;
+    let signalling = build_signalling(config)?;
+
+    // Reconcile with the proxy before any restored timer fires.
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mut reconcile = None;
+    let answered = saved
+        .sessions
+        .iter()
+        .filter(|s| s.state == SessionState::InProgress)
+        .count();
+    if let (Some(down_since), true) = (recovery.down_since, answered > 0) {
+        match tokio::time::timeout(Duration::from_secs(3), signalling.list_dialogs()).await {
+            Ok(Ok(Some(live))) => {
+                info!(
+                    "The proxy has {} dialogs; reconciling {answered} restored calls",
+                    live.len()
+                );
+                reconcile = Some(Reconcile { live, down_since });
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                warn!("Cannot list the proxy's dialogs, restored calls are not reconciled: {e}")
+            }
+            Err(_) => warn!(
+                "The proxy did not list its dialogs in time, restored calls are not reconciled"
+            ),
+        }
+    }
+
+    let engine_stop = CancellationToken::new();
+    let store: Box<dyn SessionStore> = Box::new(journal);
+    let running = driver::spawn_reconciled(
+        Parts {
+            config: config.call_control.engine.clone(),
+            rating: rating.clone(),
+            signalling: signalling.clone(),
+            store,
+            clock,
+        },
+        engine_stop.clone(),
+        reconcile,
+    )
+    .context("cannot load the saved sessions")?;
+    let handle = running.handle.clone();
+
+    let socket = config.socket(&options.runtime_dir);
+    let group = Some(config.call_control.group.as_str()).filter(|g| !g.is_empty());
+    let listener = match server::bind_socket(&socket, group) {
+        Ok(l) => l,
+        Err(e) => {
+            engine_stop.cancel();
+            let _ = running.task.await;
+            return Err(anyhow!("cannot listen on {}: {e}", socket.display()));
+        }
+    };
+    info!("Listening for the proxy on {}", socket.display());
+    let socket_up = Arc::new(AtomicBool::new(true));
+    let server_stop = CancellationToken::new();
+    let server_cfg = ServerConfig::default();
+    let server = {
+        let (handle, stop, up) = (handle.clone(), server_stop.clone(), socket_up.clone());
+        tokio::spawn(async move {
+            let r = server::serve(listener, handle, server_cfg, stop).await;
+            up.store(false, Ordering::SeqCst);
+            r
+        })
+    };
+    let web_stop = CancellationToken::new();
+    let web = if config.web.enabled() {
+        let parts = crate::web::WebParts {
+            handle: handle.clone(),
+            rating: rating.clone(),
+            signalling: signalling.clone(),
+            control_socket_up: Arc::new(move || socket_up.load(Ordering::SeqCst)),
+            metrics: crate::web::Metrics::new(),
+            token: config.web.token().map(str::to_string),
+        };
+        let (web_cfg, stop) = (config.web.clone(), web_stop.clone());
+        Some(tokio::spawn(async move {
+            if let Err(e) = crate::web::bind_and_serve(&web_cfg, parts, stop).await {
+                error!("Web interface: {e}");
+            }
+        }))
+    } else {
+        None
+    };
+    Ok(Daemon {
+        handle,
+        engine_stop,
+        engine: running.task,
+        server_stop,
+        server,
+        web_stop,
+        web,
+        socket,
+    })
+}
+
+fn build_rating(config: &Config) -> anyhow::Result<Arc<dyn RatingBackend>> {
+    if config.cdrtool.address.is_empty() {
+        let what = match config.call_control.engine.rating_failure {
+            RatingFailurePolicy::Reject => "refused (rating_failure = reject)".to_string(),
+            RatingFailurePolicy::Allow(l) => {
+                format!("allowed for {l} seconds (rating_failure = allow)")
+            }
+        };
+        info!("No [CDRTool] address: calls get the fixed limit; prepaid calls are {what}");
+        return Ok(Arc::new(NoRating));
+    }
+    let client = callcontrol_rating::CdrtoolClient::new(config.cdrtool.clone())
+        .map_err(|e| anyhow!("[CDRTool]: {e}"))?;
+    info!(
+        "Prepaid calls are rated by CDRTool at {}",
+        config
+            .cdrtool
+            .address
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(Arc::new(client))
+}
+
+fn build_signalling(config: &Config) -> anyhow::Result<Arc<dyn SignallingBackend>> {
+    match config.call_control.proxy {
+        ProxyKind::None => {
+            warn!("[CallControl] proxy = none: calls that reach their limit are not ended");
+            Ok(Arc::new(LogSignalling))
+        }
+        // TODO(issue 3/7): the OpenSIPS MI client and the Kamailio RPC client
+        // once their constructors land; until then expiry is only logged.
+        ProxyKind::Opensips => Ok(Arc::new(LogSignalling)),
+        ProxyKind::Kamailio => {
+            use callcontrol_opensips::kamailio::{Kamailio, KamailioConfig};
+            let k = KamailioConfig {
+                socket_path: config.kamailio.socket_path.clone(),
+                timeout: config.kamailio.timeout,
+                ..KamailioConfig::default()
+            };
+            k.validate().map_err(|e| anyhow!(e))?;
+            let backend = Kamailio::new(k)
+                .map_err(|e| anyhow!("[Kamailio]: cannot bind the RPC reply socket: {e}"))?;
+            info!(
+                "Dialogs are ended with dlg.end_dlg through Kamailio's jsonrpcs socket {}",
+                config.kamailio.socket_path.display()
+            );
+            Ok(Arc::new(backend))
+        }
+    }
+}
+
+async fn reload(current: &mut Config, options: &RunOptions, handle: &driver::Handle) {
+    let Some(args) = &options.args else {
+        info!("SIGHUP: no configuration file to reload");
+        return;
+    };
+    let new = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("Reload failed, keeping the current settings: {e}");
+            return;
+        }
+    };
+    let (old_live, new_live) = (current.live_settings(), new.live_settings());
+    let changed: Vec<String> = old_live
+        .iter()
+        .zip(&new_live)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, b)| format!("{} {} -> {}", a.0, a.1, b.1))
+        .collect();
+    if handle
+        .reload(new.call_control.engine.clone())
+        .await
+        .is_err()
+    {
+        error!("Reload failed: the engine is stopping");
+        return;
+    }
+    if changed.is_empty() {
+        info!("Reloaded the configuration: no live setting changed");
+    } else {
+        info!("Reloaded the configuration: {}", changed.join(", "));
+    }
+    let restart_needed = current.socket(&options.runtime_dir) != new.socket(&options.runtime_dir)
+        || current.cdrtool.address != new.cdrtool.address
+        || current.call_control.proxy != new.call_control.proxy
+        || current.opensips != new.opensips
+        || current.web != new.web
+        || current.call_control.journal_fsync != new.call_control.journal_fsync;
+    if restart_needed {
+        warn!("Some changed settings (socket, [CDRTool] address, proxy, [OpenSIPS], [Web], journal) take effect only after a restart");
+    }
+    *current = new;
+}
