@@ -12,6 +12,8 @@ use std::time::Duration;
 use callcontrol_core::config::{EngineConfig, RatingFailurePolicy};
 use callcontrol_core::journal::FsyncPolicy;
 
+use callcontrol_opensips::kamailio::KamailioConfig;
+use callcontrol_opensips::mi::{DialogIdFormat, MiConfig, MiTransport};
 use callcontrol_rating::cdrtool::CdrtoolConfig;
 
 use crate::ini;
@@ -21,8 +23,6 @@ use crate::web::WebConfig;
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/callcontrol";
 /// The system configuration directory.
 pub const SYSTEM_CONFIG_DIR: &str = "/etc/callcontrol";
-/// The default OpenSIPS MI socket.
-pub const DEFAULT_MI_SOCKET: &str = "/run/opensips/socket";
 
 /// A configuration problem, naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,34 +65,6 @@ pub enum ProxyKind {
     None,
 }
 
-/// OpenSIPS MI transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MiTransport {
-    /// `mi_datagram` on a Unix datagram socket (`socket_path`).
-    Datagram,
-    /// `mi_datagram` over UDP (`udp:host:port`).
-    Udp(String),
-    /// `mi_http` (`url`).
-    Http(String),
-    /// `mi_fifo` (`fifo`).
-    Fifo(PathBuf),
-}
-
-/// Which form of dialog id to send in `dlg_end_dlg`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogIdFormat {
-    /// Ask the proxy its version once and choose.
-    Auto,
-    /// `h_entry.h_id` reverse hex (OpenSIPS ≥ 3.1).
-    Did,
-    /// Decimal `(h_entry << 32) + h_id` (OpenSIPS 2.3–3.0).
-    Decimal,
-    /// `h_entry h_id` as two params (OpenSIPS ≤ 2.2).
-    Pair,
-    /// The SIP Call-ID (OpenSIPS ≥ 2.3).
-    CallId,
-}
-
 /// `[CallControl]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallControlSection {
@@ -120,32 +92,8 @@ pub struct CallControlSection {
 /// no rating engine.
 pub type CdrtoolSection = CdrtoolConfig;
 
-/// `[OpenSIPS]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpensipsSection {
-    /// `socket_path`: the MI datagram socket.
-    pub socket_path: PathBuf,
-    /// `max_connections`: MI requests in flight at once.
-    pub max_connections: usize,
-    /// `transport`: datagram | udp:host:port | http:URL | fifo:PATH.
-    pub transport: MiTransport,
-    /// `dialog_id`: auto | did | decimal | pair | callid.
-    pub dialog_id: DialogIdFormat,
-    /// `timeout`: milliseconds per MI request.
-    pub timeout: Duration,
-}
-
-/// `[Kamailio]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KamailioSection {
-    /// `socket_path`: the `jsonrpcs` datagram socket.
-    pub socket_path: PathBuf,
-    /// `timeout`: milliseconds per RPC request.
-    pub timeout: Duration,
-}
-
 /// The whole file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where it was read from (`None` = embedded defaults).
     pub path: Option<PathBuf>,
@@ -153,10 +101,10 @@ pub struct Config {
     pub call_control: CallControlSection,
     /// `[CDRTool]`.
     pub cdrtool: CdrtoolSection,
-    /// `[OpenSIPS]`.
-    pub opensips: OpensipsSection,
-    /// `[Kamailio]`.
-    pub kamailio: KamailioSection,
+    /// `[OpenSIPS]`: the MI client's settings.
+    pub opensips: MiConfig,
+    /// `[Kamailio]`: the RPC client's settings.
+    pub kamailio: KamailioConfig,
     /// `[Web]` (`address`, `port`, `token`): see [`WebConfig`].
     pub web: WebConfig,
     /// Things worth a warning at start (unknown keys, unsupported options).
@@ -177,17 +125,8 @@ impl Default for Config {
                 timeout_detection: "dialog".into(),
             },
             cdrtool: CdrtoolConfig::default(),
-            opensips: OpensipsSection {
-                socket_path: DEFAULT_MI_SOCKET.into(),
-                max_connections: 10,
-                transport: MiTransport::Datagram,
-                dialog_id: DialogIdFormat::Auto,
-                timeout: Duration::from_millis(1000),
-            },
-            kamailio: KamailioSection {
-                socket_path: "/run/kamailio/kamailio_rpc.sock".into(),
-                timeout: Duration::from_millis(1000),
-            },
+            opensips: MiConfig::default(),
+            kamailio: KamailioConfig::default(),
             web: WebConfig::default(),
             warnings: Vec::new(),
         }
@@ -369,35 +308,52 @@ impl Config {
                     .filter(|n| *n > 0)
                     .ok_or("expected a positive number")?
             }
-            ("opensips", "transport") => {
-                let lower = v.to_ascii_lowercase();
-                self.opensips.transport = if lower == "datagram" {
-                    MiTransport::Datagram
-                } else if lower.starts_with("udp:") {
-                    MiTransport::Udp(v[4..].to_string())
-                } else if lower.starts_with("http:") || lower.starts_with("https:") {
-                    MiTransport::Http(v.to_string())
-                } else if lower.starts_with("fifo:") {
-                    MiTransport::Fifo(PathBuf::from(&v[5..]))
-                } else {
-                    return Err(
-                        "expected datagram, udp:HOST:PORT, http://HOST:PORT/mi or fifo:PATH".into(),
-                    );
+            ("opensips", "transport") | ("opensips", "mi_transport") => {
+                self.opensips.transport = match v.to_ascii_lowercase().as_str() {
+                    "datagram" | "mi_datagram" => MiTransport::Datagram,
+                    "http" | "mi_http" => MiTransport::Http,
+                    _ => return Err("expected datagram or http".into()),
                 }
             }
-            ("opensips", "dialog_id") => {
-                self.opensips.dialog_id = match v.to_ascii_lowercase().as_str() {
+            ("opensips", "url") | ("opensips", "mi_url") => self.opensips.url = v.to_string(),
+            ("opensips", "dialog_id_format") => {
+                self.opensips.dialog_id_format = match v.to_ascii_lowercase().as_str() {
                     "auto" => DialogIdFormat::Auto,
                     "did" => DialogIdFormat::Did,
-                    "decimal" => DialogIdFormat::Decimal,
-                    "pair" => DialogIdFormat::Pair,
-                    "callid" => DialogIdFormat::CallId,
-                    _ => return Err("expected auto, did, decimal, pair or callid".into()),
+                    "numeric" => DialogIdFormat::Numeric,
+                    "callid" => DialogIdFormat::Callid,
+                    _ => return Err("expected auto, did, numeric or callid".into()),
                 }
             }
-            ("opensips", "timeout") => self.opensips.timeout = parse_millis(v)?,
+            ("opensips", "timeout") | ("opensips", "mi_timeout") => {
+                self.opensips.timeout = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| *t > 0.0 && *t <= 60.0)
+                    .ok_or("expected seconds, more than 0 and at most 60")?
+            }
+            ("opensips", "retries") | ("opensips", "mi_retries") => {
+                self.opensips.retries = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 10)
+                    .ok_or("expected 0 to 10")?
+            }
+            ("opensips", "reply_dir") | ("opensips", "mi_reply_dir") => {
+                self.opensips.reply_dir = (!none && !v.is_empty()).then(|| PathBuf::from(v))
+            }
             ("kamailio", "socket_path") => self.kamailio.socket_path = PathBuf::from(v),
+            ("kamailio", "url") => {
+                self.kamailio.url = (!none && !v.is_empty()).then(|| v.to_string())
+            }
+            ("kamailio", "reply_dir") => {
+                self.kamailio.reply_dir = (!none && !v.is_empty()).then(|| PathBuf::from(v))
+            }
             ("kamailio", "timeout") => self.kamailio.timeout = parse_millis(v)?,
+            ("kamailio", "retries") => {
+                self.kamailio.retries = v.parse().map_err(|_| "expected a number of retries")?
+            }
+            ("kamailio", "retry_delay") => self.kamailio.retry_delay = parse_millis(v)?,
             ("web", "address") => self.web.address = v.to_string(),
             ("web", "port") => {
                 self.web.port = if none || v.is_empty() {
@@ -439,6 +395,12 @@ impl Config {
         }
         if self.call_control.engine.stale_timeout.is_zero() {
             return Err(("CallControl", "timeout", "must be at least 1 second".into()));
+        }
+        if let Err(e) = self.opensips.validate() {
+            return Err(("OpenSIPS", "", e));
+        }
+        if let Err(e) = self.kamailio.validate() {
+            return Err(("Kamailio", "", e));
         }
         if let Err(e) = self.web.validate() {
             return Err(("Web", e.key, e.message));
@@ -570,14 +532,16 @@ max_connections = 10
         let msg = e.to_string();
         assert!(msg.contains("[CallControl] limit = \"ten\""), "{msg}");
         assert!(msg.contains("line 2"), "{msg}");
-        let e = Config::parse("[OpenSIPS]\ndialog_id = hex\n", "x.ini").unwrap_err();
-        assert!(e.to_string().contains("[OpenSIPS] dialog_id = \"hex\""));
+        let e = Config::parse("[OpenSIPS]\ndialog_id_format = hex\n", "x.ini").unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("[OpenSIPS] dialog_id_format = \"hex\""));
     }
 
     #[test]
     fn new_settings() {
         let c = Config::parse(
-            "[CallControl]\nlimit = 3600\nprepaid_limit = 7200\nrating_failure = allow\nrating_failure_limit = 120\nproxy = kamailio\njournal_fsync = always\nsetup_timeout = 30\n[Web]\nport = 8080\n[OpenSIPS]\ntransport = http://127.0.0.1:8888/mi\ndialog_id = did\n",
+            "[CallControl]\nlimit = 3600\nprepaid_limit = 7200\nrating_failure = allow\nrating_failure_limit = 120\nproxy = kamailio\njournal_fsync = always\nsetup_timeout = 30\n[Web]\nport = 8080\n[OpenSIPS]\ntransport = http\nurl = http://127.0.0.1:8888/mi\ndialog_id_format = did\n",
             "x.ini",
         )
         .unwrap();
@@ -592,10 +556,8 @@ max_connections = 10
             c.web.bind_addr().unwrap(),
             Some("127.0.0.1:8080".parse().unwrap())
         );
-        assert_eq!(
-            c.opensips.transport,
-            MiTransport::Http("http://127.0.0.1:8888/mi".into())
-        );
+        assert_eq!(c.opensips.transport, MiTransport::Http);
+        assert_eq!(c.opensips.dialog_id_format, DialogIdFormat::Did);
         assert!(c.warnings.is_empty());
     }
 

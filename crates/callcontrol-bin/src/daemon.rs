@@ -33,6 +33,8 @@ use callcontrol_core::signalling::SignallingBackend;
 use callcontrol_core::store::SessionStore;
 use callcontrol_core::types::SessionState;
 use callcontrol_core::LogSignalling;
+use callcontrol_opensips::kamailio::Kamailio;
+use callcontrol_opensips::mi::{MiClient, MiConfig, MiTransport};
 use callcontrol_opensips::server::{self, ServerConfig};
 
 use crate::config::{self, Config, ConfigError, ProxyKind};
@@ -600,25 +602,35 @@ fn build_signalling(config: &Config) -> anyhow::Result<Arc<dyn SignallingBackend
             warn!("[CallControl] proxy = none: calls that reach their limit are not ended");
             Ok(Arc::new(LogSignalling))
         }
-        // TODO(issue 3/7): the OpenSIPS MI client and the Kamailio RPC client
-        // once their constructors land; until then expiry is only logged.
-        ProxyKind::Opensips => Ok(Arc::new(LogSignalling)),
+        ProxyKind::Opensips => {
+            let mi = MiClient::new(config.opensips.clone())
+                .map_err(|e| anyhow!("[OpenSIPS]: cannot set up the MI client: {e}"))?;
+            info!(
+                "Calls are ended through the OpenSIPS MI ({})",
+                mi_target(&config.opensips)
+            );
+            Ok(Arc::new(mi))
+        }
         ProxyKind::Kamailio => {
-            use callcontrol_opensips::kamailio::{Kamailio, KamailioConfig};
-            let k = KamailioConfig {
-                socket_path: config.kamailio.socket_path.clone(),
-                timeout: config.kamailio.timeout,
-                ..KamailioConfig::default()
-            };
-            k.validate().map_err(|e| anyhow!(e))?;
-            let backend = Kamailio::new(k)
+            let backend = Kamailio::new(config.kamailio.clone())
                 .map_err(|e| anyhow!("[Kamailio]: cannot bind the RPC reply socket: {e}"))?;
             info!(
-                "Dialogs are ended with dlg.end_dlg through Kamailio's jsonrpcs socket {}",
-                config.kamailio.socket_path.display()
+                "Dialogs are ended with dlg.end_dlg through Kamailio's jsonrpcs interface {}",
+                config.kamailio.url.clone().unwrap_or_else(|| config
+                    .kamailio
+                    .socket_path
+                    .display()
+                    .to_string())
             );
             Ok(Arc::new(backend))
         }
+    }
+}
+
+fn mi_target(c: &MiConfig) -> String {
+    match c.transport {
+        MiTransport::Datagram => c.socket_path.display().to_string(),
+        MiTransport::Http => c.url.clone(),
     }
 }
 
@@ -658,6 +670,7 @@ async fn reload(current: &mut Config, options: &RunOptions, handle: &driver::Han
         || current.cdrtool.address != new.cdrtool.address
         || current.call_control.proxy != new.call_control.proxy
         || current.opensips != new.opensips
+        || current.kamailio != new.kamailio
         || current.web != new.web
         || current.call_control.journal_fsync != new.call_control.journal_fsync;
     if restart_needed {
