@@ -495,6 +495,13 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d[1].dialog_id, DialogId::new(3908, 2580));
         assert!(!d[0].is_live() && d[1].is_live());
+        // `dlg.briefing "cs"` as Kamailio 5.6.3 answers it.
+        let b = json!([{"h_entry": 1140, "h_id": 10924, "call-id": "1-927@127.0.0.1", "state": 4}]);
+        let d = parse_dialogs(&b).unwrap();
+        assert_eq!(
+            (d[0].call_id.as_str(), d[0].dialog_id, d[0].state),
+            ("1-927@127.0.0.1", DialogId::new(1140, 10924), 4)
+        );
         assert!(parse_dialogs(&json!([])).unwrap().is_empty());
         assert!(parse_dialogs(&json!("nonsense")).is_err());
     }
