@@ -48,7 +48,10 @@ impl Amount {
                 return Err(bad());
             }
         }
-        let nonzero = int.bytes().chain(frac.unwrap_or("").bytes()).any(|b| b != b'0');
+        let nonzero = int
+            .bytes()
+            .chain(frac.unwrap_or("").bytes())
+            .any(|b| b != b'0');
         if !nonzero {
             return Err(bad());
         }
@@ -72,12 +75,16 @@ impl fmt::Display for Amount {
 /// `=`, so neither may appear.
 pub fn parse_account(s: &str) -> Result<String, InputError> {
     let t = s.trim();
-    let t = t.strip_prefix("sip:").or_else(|| t.strip_prefix("sips:")).unwrap_or(t);
+    let t = t
+        .strip_prefix("sip:")
+        .or_else(|| t.strip_prefix("sips:"))
+        .unwrap_or(t);
     let bad = || InputError::Account(s.to_string());
     if t.is_empty() || t.len() > MAX_ACCOUNT_LEN {
         return Err(bad());
     }
-    if t.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '=' | '/' | '?' | '#'))
+    if t.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '=' | '/' | '?' | '#'))
     {
         return Err(bad());
     }
@@ -93,13 +100,34 @@ mod tests {
 
     #[test]
     fn amounts() {
-        for ok in ["10", "10.5", "0.25", "000001", "999999999999.999999", " 7.00 "] {
+        for ok in [
+            "10",
+            "10.5",
+            "0.25",
+            "000001",
+            "999999999999.999999",
+            " 7.00 ",
+        ] {
             assert!(Amount::parse(ok).is_ok(), "{ok}");
         }
         assert_eq!(Amount::parse(" 7.00 ").unwrap().as_str(), "7.00");
         for bad in [
-            "", "0", "0.000", "-1", "+1", "1e3", "NaN", "inf", ".5", "5.", "1,5", "1.2.3",
-            "1234567890123", "1.1234567", "１", "10 0",
+            "",
+            "0",
+            "0.000",
+            "-1",
+            "+1",
+            "1e3",
+            "NaN",
+            "inf",
+            ".5",
+            "5.",
+            "1,5",
+            "1.2.3",
+            "1234567890123",
+            "1.1234567",
+            "１",
+            "10 0",
         ] {
             assert!(Amount::parse(bad).is_err(), "{bad:?}");
         }
@@ -107,9 +135,24 @@ mod tests {
 
     #[test]
     fn accounts() {
-        assert_eq!(parse_account("alice@example.com").unwrap(), "alice@example.com");
-        assert_eq!(parse_account("sip:alice@example.com").unwrap(), "alice@example.com");
-        for bad in ["", "alice", "@example.com", "alice@", "a b@c", "a=b@c", "a@b@c", "a/b@c"] {
+        assert_eq!(
+            parse_account("alice@example.com").unwrap(),
+            "alice@example.com"
+        );
+        assert_eq!(
+            parse_account("sip:alice@example.com").unwrap(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "a b@c",
+            "a=b@c",
+            "a@b@c",
+            "a/b@c",
+        ] {
             assert!(parse_account(bad).is_err(), "{bad:?}");
         }
     }

@@ -17,7 +17,11 @@ use super::{ApiError, WebState, BACKEND_TIMEOUT};
 
 impl From<DriverError> for ApiError {
     fn from(e: DriverError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_stopped", e.to_string())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_stopped",
+            e.to_string(),
+        )
     }
 }
 
@@ -47,7 +51,11 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 
 /// Unknown paths.
 pub(super) async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such resource {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such resource {}", uri.path()),
+    )
 }
 
 /// `GET /api/sessions` filters.
@@ -103,17 +111,38 @@ pub(super) async fn list_sessions(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
-    let states = q.state.as_deref().map(parse_states).transpose()?.filter(|s| !s.is_empty());
+    let states = q
+        .state
+        .as_deref()
+        .map(parse_states)
+        .transpose()?
+        .filter(|s| !s.is_empty());
     let prepaid = match q.kind.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(k) if k.eq_ignore_ascii_case("prepaid") => Some(true),
         Some(k) if k.eq_ignore_ascii_case("postpaid") => Some(false),
-        Some(k) => return Err(bad_request(format!("unknown kind {k:?} (prepaid or postpaid)"))),
+        Some(k) => {
+            return Err(bad_request(format!(
+                "unknown kind {k:?} (prepaid or postpaid)"
+            )))
+        }
     };
-    let user = q.user.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(|u| {
-        u.strip_prefix("sip:").or_else(|| u.strip_prefix("sips:")).unwrap_or(u).to_string()
-    });
-    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(str::to_lowercase);
+    let user = q
+        .user
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.strip_prefix("sip:")
+                .or_else(|| u.strip_prefix("sips:"))
+                .unwrap_or(u)
+                .to_string()
+        });
+    let text =
+        q.q.as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase);
 
     let all = st.inner.handle.list(None).await?;
     let total = all.len();
@@ -130,12 +159,23 @@ pub(super) async fn list_sessions(
             })
         })
         .collect();
-    rows.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.call_id.cmp(&b.call_id)));
+    rows.sort_by(|a, b| {
+        a.created
+            .cmp(&b.created)
+            .then_with(|| a.call_id.cmp(&b.call_id))
+    });
     let matched = rows.len();
     let offset = q.offset.unwrap_or(0).min(matched);
-    let end = q.limit.map_or(matched, |l| offset.saturating_add(l).min(matched));
+    let end = q
+        .limit
+        .map_or(matched, |l| offset.saturating_add(l).min(matched));
     let sessions = rows.drain(offset..end).collect();
-    Ok(Json(json!(SessionPage { total, matched, offset, sessions })))
+    Ok(Json(json!(SessionPage {
+        total,
+        matched,
+        offset,
+        sessions
+    })))
 }
 
 /// `GET /api/sessions/{call_id}`
@@ -150,7 +190,11 @@ pub(super) async fn show_session(
 }
 
 fn no_session(call_id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no session with Call-ID {call_id:?}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no session with Call-ID {call_id:?}"),
+    )
 }
 
 /// `POST /api/sessions/{call_id}/terminate`: end the call with BYE and debit
@@ -195,7 +239,11 @@ pub(super) async fn health(State(st): State<WebState>) -> Response {
         "sessions": s.status.as_ref().map(|st| st.sessions.values().sum::<u64>()),
         "debits_pending": s.status.as_ref().map(|st| st.debits_owed),
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -211,7 +259,11 @@ pub(super) async fn metrics(State(st): State<WebState>) -> Result<Response, ApiE
     let mut s = scrape_parts(&st);
     s.status = st.inner.handle.status().await.ok();
     let text = st.inner.metrics.encode(s).map_err(|_| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not encode metrics")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "could not encode metrics",
+        )
     })?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
@@ -271,6 +323,11 @@ pub(super) async fn add_credit(
     })?;
     let amount = Amount::parse(&credit.amount).map_err(|e| bad_request(e.to_string()))?;
     let b = with_timeout(st.inner.rating.add_balance(&acct, amount.as_str())).await?;
-    log::info!("Web: added {amount} to the balance of {acct}, now {}", b.balance);
-    Ok(Json(json!({ "account": b.account, "balance": b.balance, "added": amount.as_str() })))
+    log::info!(
+        "Web: added {amount} to the balance of {acct}, now {}",
+        b.balance
+    );
+    Ok(Json(
+        json!({ "account": b.account, "balance": b.balance, "added": amount.as_str() }),
+    ))
 }

@@ -91,7 +91,10 @@ impl ApiClient {
     pub fn from_config(config: &WebConfig) -> Result<ApiClient, ClientError> {
         config.validate()?;
         let addr = config.bind_addr()?.ok_or(ClientError::NotConfigured)?;
-        Ok(ApiClient::new(super::client_addr(addr), config.token().map(str::to_string)))
+        Ok(ApiClient::new(
+            super::client_addr(addr),
+            config.token().map(str::to_string),
+        ))
     }
 
     /// A client for the server at `addr`.
@@ -100,50 +103,124 @@ impl ApiClient {
     }
 
     /// Sends one request and returns the JSON body of a 2xx answer.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
-        match tokio::time::timeout(TIMEOUT, self.exchange(method, path, body)).await {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let mut headers = vec![("accept", "application/json".to_string())];
+        let payload = match &body {
+            Some(v) => {
+                headers.push(("content-type", "application/json".to_string()));
+                v.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let r = self.send(method, path, &headers, payload).await?;
+        let json: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if !r.status.is_success() {
+            let message = json
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&r.body).trim().to_string());
+            return Err(ClientError::Api {
+                status: r.status,
+                message,
+            });
+        }
+        Ok(json)
+    }
+
+    /// Sends one request with these extra headers (the token is added unless
+    /// `authorization` is among them; `host` replaces the default) and
+    /// returns the answer whatever its status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<RawResponse, ClientError> {
+        match tokio::time::timeout(TIMEOUT, self.exchange(method, path, headers, body)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(TIMEOUT)),
         }
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
-        let connect_err = |e: &dyn std::fmt::Display| ClientError::Connect { addr: self.addr, message: e.to_string() };
-        let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| connect_err(&e))?;
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<RawResponse, ClientError> {
+        let connect_err = |e: &dyn std::fmt::Display| ClientError::Connect {
+            addr: self.addr,
+            message: e.to_string(),
+        };
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| connect_err(&e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_err(&e))?;
         let conn = tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, self.addr.to_string())
-            .header(hyper::header::ACCEPT, "application/json");
-        if let Some(t) = &self.token {
+        let mut req = Request::builder().method(method).uri(path);
+        let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if !has("host") {
+            req = req.header(hyper::header::HOST, self.addr.to_string());
+        }
+        if let (Some(t), false) = (&self.token, has("authorization")) {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let payload = match &body {
-            Some(v) => {
-                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
-            }
-            None => Bytes::new(),
-        };
-        let req = req.body(Full::new(payload)).map_err(|e| connect_err(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| connect_err(&e))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| connect_err(&e))?.to_bytes();
-        conn.abort();
-        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = json
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-            return Err(ClientError::Api { status, message });
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
         }
-        Ok(json)
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| connect_err(&e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| connect_err(&e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| connect_err(&e))?
+            .to_bytes();
+        conn.abort();
+        Ok(RawResponse {
+            status,
+            headers,
+            body: bytes.to_vec(),
+        })
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -157,7 +234,10 @@ fn text(v: &Value, key: &str) -> String {
 
 /// `call-control-cli balance <account> [--add AMOUNT] [--history]`: returns
 /// the text to print.
-pub async fn balance_command(config: &WebConfig, args: &BalanceArgs) -> Result<String, ClientError> {
+pub async fn balance_command(
+    config: &WebConfig,
+    args: &BalanceArgs,
+) -> Result<String, ClientError> {
     let client = ApiClient::from_config(config)?;
     balance_with(&client, args).await
 }
@@ -177,17 +257,33 @@ pub async fn balance_with(client: &ApiClient, args: &BalanceArgs) -> Result<Stri
                 Some(serde_json::json!({ "amount": amount.as_str() })),
             )
             .await?;
-        let _ = writeln!(out, "Added {amount} to {account}: balance is now {}", text(&v, "balance"));
+        let _ = writeln!(
+            out,
+            "Added {amount} to {account}: balance is now {}",
+            text(&v, "balance")
+        );
     } else {
-        let v = client.call(Method::GET, &format!("/api/accounts/{seg}/balance"), None).await?;
+        let v = client
+            .call(Method::GET, &format!("/api/accounts/{seg}/balance"), None)
+            .await?;
         let _ = writeln!(out, "Balance of {account}: {}", text(&v, "balance"));
     }
     if args.history {
-        let v = client.call(Method::GET, &format!("/api/accounts/{seg}/history"), None).await?;
-        let entries = v.get("entries").and_then(Value::as_array).cloned().unwrap_or_default();
+        let v = client
+            .call(Method::GET, &format!("/api/accounts/{seg}/history"), None)
+            .await?;
+        let entries = v
+            .get("entries")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let _ = writeln!(out, "History ({} entries):", entries.len());
         for e in entries {
-            let fields = e.get("fields").and_then(Value::as_array).cloned().unwrap_or_default();
+            let fields = e
+                .get("fields")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             let line: Vec<String> = fields
                 .iter()
                 .filter_map(|f| {
@@ -216,15 +312,30 @@ mod tests {
     async fn refuses_bad_input_before_connecting() {
         // Port 9 on loopback: nothing is sent, input is checked first.
         let c = ApiClient::new("127.0.0.1:9".parse().unwrap(), None);
-        let args = BalanceArgs { account: "alice@example.com".into(), add: Some("1e3".into()), history: false };
-        assert!(matches!(balance_with(&c, &args).await, Err(ClientError::Input(InputError::Amount(_)))));
-        let args = BalanceArgs { account: "alice".into(), ..Default::default() };
-        assert!(matches!(balance_with(&c, &args).await, Err(ClientError::Input(InputError::Account(_)))));
+        let args = BalanceArgs {
+            account: "alice@example.com".into(),
+            add: Some("1e3".into()),
+            history: false,
+        };
+        assert!(matches!(
+            balance_with(&c, &args).await,
+            Err(ClientError::Input(InputError::Amount(_)))
+        ));
+        let args = BalanceArgs {
+            account: "alice".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            balance_with(&c, &args).await,
+            Err(ClientError::Input(InputError::Account(_)))
+        ));
     }
 
     #[tokio::test]
     async fn not_configured_is_explained() {
-        let e = balance_command(&WebConfig::default(), &BalanceArgs::default()).await.unwrap_err();
+        let e = balance_command(&WebConfig::default(), &BalanceArgs::default())
+            .await
+            .unwrap_err();
         assert!(matches!(e, ClientError::NotConfigured));
         assert!(e.to_string().contains("[Web] port"));
     }

@@ -44,7 +44,11 @@ pub struct WebConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { address: "127.0.0.1".into(), port: None, token: None }
+        WebConfig {
+            address: "127.0.0.1".into(),
+            port: None,
+            token: None,
+        }
     }
 }
 
@@ -70,10 +74,13 @@ impl WebConfig {
         if a.is_empty() || a.eq_ignore_ascii_case("localhost") {
             return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
-        a.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| WebConfigError {
-            key: "address",
-            message: format!("{a:?} is not an IP address (use e.g. 127.0.0.1 or ::1)"),
-        })
+        a.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| WebConfigError {
+                key: "address",
+                message: format!("{a:?} is not an IP address (use e.g. 127.0.0.1 or ::1)"),
+            })
     }
 
     /// The socket address to bind to, `None` when the interface is off.
@@ -86,7 +93,10 @@ impl WebConfig {
 
     /// The token, when one is set (empty and `None` values count as unset).
     pub fn token(&self) -> Option<&str> {
-        self.token.as_deref().map(str::trim).filter(|t| !t.is_empty())
+        self.token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
     }
 
     /// Checks the settings; the error names the key and what to do. A
@@ -147,17 +157,23 @@ fn de_opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error>
             d.deserialize_any(V)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            u16::try_from(v).map(Some).map_err(|_| E::custom(format!("port {v} is out of range")))
+            u16::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("port {v} is out of range")))
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            u16::try_from(v).map(Some).map_err(|_| E::custom(format!("port {v} is out of range")))
+            u16::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("port {v} is out of range")))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             let v = v.trim();
             if v.is_empty() || v.eq_ignore_ascii_case("none") {
                 return Ok(None);
             }
-            v.parse::<u16>().map(Some).map_err(|_| E::custom(format!("{v:?} is not a TCP port")))
+            v.parse::<u16>()
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v:?} is not a TCP port")))
         }
     }
     d.deserialize_any(V)
@@ -166,7 +182,8 @@ fn de_opt_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error>
 /// Accepts a string; `None` and empty mean unset.
 fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let v: Option<String> = Option::deserialize(d)?;
-    Ok(v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s != "None"))
+    Ok(v.map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s != "None"))
 }
 
 #[cfg(test)]
@@ -174,7 +191,11 @@ mod tests {
     use super::*;
 
     fn cfg(address: &str, port: Option<u16>, token: Option<&str>) -> WebConfig {
-        WebConfig { address: address.into(), port, token: token.map(str::to_string) }
+        WebConfig {
+            address: address.into(),
+            port,
+            token: token.map(str::to_string),
+        }
     }
 
     #[test]
@@ -198,14 +219,28 @@ mod tests {
         assert_eq!(e.key, "token");
         assert!(e.to_string().contains("[Web] token"), "{e}");
         assert!(e.to_string().contains("not a loopback address"), "{e}");
-        cfg("0.0.0.0", Some(9080), Some("0123456789abcdef0123")).validate().unwrap();
+        cfg("0.0.0.0", Some(9080), Some("0123456789abcdef0123"))
+            .validate()
+            .unwrap();
     }
 
     #[test]
     fn bad_values_are_named() {
-        assert_eq!(cfg("nonsense", Some(1), None).validate().unwrap_err().key, "address");
-        assert_eq!(cfg("127.0.0.1", Some(0), None).validate().unwrap_err().key, "port");
-        assert_eq!(cfg("127.0.0.1", Some(1), Some("short")).validate().unwrap_err().key, "token");
+        assert_eq!(
+            cfg("nonsense", Some(1), None).validate().unwrap_err().key,
+            "address"
+        );
+        assert_eq!(
+            cfg("127.0.0.1", Some(0), None).validate().unwrap_err().key,
+            "port"
+        );
+        assert_eq!(
+            cfg("127.0.0.1", Some(1), Some("short"))
+                .validate()
+                .unwrap_err()
+                .key,
+            "token"
+        );
         let spaced = cfg("127.0.0.1", Some(1), Some("0123456789 abcdef0123"));
         assert_eq!(spaced.validate().unwrap_err().key, "token");
     }
@@ -219,7 +254,10 @@ mod tests {
         assert_eq!(c.port, Some(9080));
         assert_eq!(c.token, None);
         let c: WebConfig = serde_json::from_str(r#"{"port": 9081}"#).unwrap();
-        assert_eq!(c.bind_addr().unwrap(), Some("127.0.0.1:9081".parse().unwrap()));
+        assert_eq!(
+            c.bind_addr().unwrap(),
+            Some("127.0.0.1:9081".parse().unwrap())
+        );
         assert!(serde_json::from_str::<WebConfig>(r#"{"port": "http"}"#).is_err());
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use callcontrol_core::driver::Status;
 use callcontrol_core::engine::TIMER_LATENESS_BOUNDS_MS;
 use callcontrol_core::error::{RatingError, SignallingError};
 use callcontrol_core::prelude::{
@@ -24,7 +25,6 @@ use callcontrol_core::prelude::{
     DialogRef, EndOutcome, InitReply, RatingBackend, RatingHealth, Reply, SignallingBackend,
     SignallingHealth,
 };
-use callcontrol_core::driver::Status;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -141,7 +141,10 @@ impl Metrics {
 
     /// [`observe_request`](Self::observe_request) without a reply.
     pub fn observe_command(&self, command: &str, latency: Duration) {
-        let c = COMMANDS.iter().find(|c| c.eq_ignore_ascii_case(command.trim())).unwrap_or(&"other");
+        let c = COMMANDS
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(command.trim()))
+            .unwrap_or(&"other");
         self.inner
             .request_latency
             .get_or_create(&vec![("command", c.to_string())])
@@ -157,13 +160,19 @@ impl Metrics {
     /// Wraps a rating backend so that each of its requests is timed and
     /// counted by result. Give the wrapped backend to the engine.
     pub fn wrap_rating(&self, inner: Arc<dyn RatingBackend>) -> Arc<dyn RatingBackend> {
-        Arc::new(MeteredRating { inner, metrics: self.clone() })
+        Arc::new(MeteredRating {
+            inner,
+            metrics: self.clone(),
+        })
     }
 
     /// Wraps a signalling backend so that each of its requests is timed and
     /// counted by result. Give the wrapped backend to the engine.
     pub fn wrap_signalling(&self, inner: Arc<dyn SignallingBackend>) -> Arc<dyn SignallingBackend> {
-        Arc::new(MeteredSignalling { inner, metrics: self.clone() })
+        Arc::new(MeteredSignalling {
+            inner,
+            metrics: self.clone(),
+        })
     }
 
     /// The whole exposition: the observed metrics and those computed from
@@ -186,9 +195,14 @@ impl Metrics {
         result: &'static str,
         elapsed: Duration,
     ) {
-        latency.get_or_create(&vec![("operation", op.to_string())]).observe(elapsed.as_secs_f64());
+        latency
+            .get_or_create(&vec![("operation", op.to_string())])
+            .observe(elapsed.as_secs_f64());
         counter
-            .get_or_create(&vec![("operation", op.to_string()), ("result", result.to_string())])
+            .get_or_create(&vec![
+                ("operation", op.to_string()),
+                ("result", result.to_string()),
+            ])
             .inc();
     }
 }
@@ -298,14 +312,23 @@ impl Collector for ScrapeCollector {
         let mut sessions = Vec::new();
         for state in STATES {
             for kind in ["prepaid", "postpaid"] {
-                let n = st.sessions.get(&format!("{state}/{kind}")).copied().unwrap_or(0);
+                let n = st
+                    .sessions
+                    .get(&format!("{state}/{kind}"))
+                    .copied()
+                    .unwrap_or(0);
                 sessions.push((
                     vec![("state", state.to_string()), ("kind", kind.to_string())],
                     n as i64,
                 ));
             }
         }
-        gauge(&mut enc, "callcontrol_sessions", "Tracked sessions by state and kind", &sessions)?;
+        gauge(
+            &mut enc,
+            "callcontrol_sessions",
+            "Tracked sessions by state and kind",
+            &sessions,
+        )?;
 
         let outcomes = [
             InitReply::NoLimit,
@@ -328,7 +351,12 @@ impl Collector for ScrapeCollector {
                 rows.push((vec![("outcome", esc(k))], *v));
             }
         }
-        counter(&mut enc, "callcontrol_init_replies", "init replies by outcome", &rows)?;
+        counter(
+            &mut enc,
+            "callcontrol_init_replies",
+            "init replies by outcome",
+            &rows,
+        )?;
 
         counter(
             &mut enc,
@@ -337,7 +365,10 @@ impl Collector for ScrapeCollector {
              setup_timeout: not answered in time; stale: no limit and too old)",
             &[
                 (vec![("reason", "expired".into())], st.stats.expired),
-                (vec![("reason", "setup_timeout".into())], st.stats.setup_timeouts),
+                (
+                    vec![("reason", "setup_timeout".into())],
+                    st.stats.setup_timeouts,
+                ),
                 (vec![("reason", "stale".into())], st.stats.stale),
             ],
         )?;
@@ -390,7 +421,10 @@ impl Collector for ScrapeCollector {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                (*b as f64 / 1000.0, st.stats.timer_lateness_buckets.get(i).copied().unwrap_or(0))
+                (
+                    *b as f64 / 1000.0,
+                    st.stats.timer_lateness_buckets.get(i).copied().unwrap_or(0),
+                )
             })
             .collect();
         let counted: u64 = buckets.iter().map(|b| b.1).sum();
@@ -426,14 +460,26 @@ struct Timed<'a> {
 impl<'a> Timed<'a> {
     fn finish(mut self, result: &'static str) {
         self.done = true;
-        self.metrics.record(self.latency, self.counter, self.op, result, self.start.elapsed());
+        self.metrics.record(
+            self.latency,
+            self.counter,
+            self.op,
+            result,
+            self.start.elapsed(),
+        );
     }
 }
 
 impl Drop for Timed<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.metrics.record(self.latency, self.counter, self.op, "timeout", self.start.elapsed());
+            self.metrics.record(
+                self.latency,
+                self.counter,
+                self.op,
+                "timeout",
+                self.start.elapsed(),
+            );
         }
     }
 }
@@ -583,11 +629,17 @@ mod tests {
             .encode(Scrape {
                 status: Some(st),
                 control_socket_up: true,
-                rating: vec![RatingHealth { address: "a\"b".into(), connected: true }],
+                rating: vec![RatingHealth {
+                    address: "a\"b".into(),
+                    connected: true,
+                }],
                 signalling: None,
             })
             .unwrap();
-        assert!(text.contains("callcontrol_request_duration_seconds_count{command=\"init\"} 2\n"), "{text}");
+        assert!(
+            text.contains("callcontrol_request_duration_seconds_count{command=\"init\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("callcontrol_request_duration_seconds_count{command=\"other\"} 1\n"));
         assert!(!text.contains("script"));
         assert!(text.contains("callcontrol_sessions{state=\"in-progress\",kind=\"prepaid\"} 3\n"));

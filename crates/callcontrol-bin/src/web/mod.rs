@@ -82,8 +82,13 @@ pub struct WebState {
 impl WebState {
     /// Builds the state.
     pub fn new(mut parts: WebParts) -> WebState {
-        parts.token = parts.token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
-        WebState { inner: Arc::new(parts) }
+        parts.token = parts
+            .token
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        WebState {
+            inner: Arc::new(parts),
+        }
     }
 }
 
@@ -120,7 +125,11 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         log::info!(
             "Web interface listening on http://{addr}/ ({})",
-            if state.inner.token.is_some() { "bearer token required" } else { "no token" }
+            if state.inner.token.is_some() {
+                "bearer token required"
+            } else {
+                "no token"
+            }
         );
     }
     axum::serve(listener, router(state))
@@ -157,8 +166,12 @@ pub async fn bind_and_serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     config.validate()?;
-    let Some(addr) = config.bind_addr()? else { return Ok(()) };
-    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let Some(addr) = config.bind_addr()? else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
     parts.token = config.token().map(str::to_string);
     serve(listener, WebState::new(parts), shutdown).await?;
     Ok(())
@@ -174,7 +187,11 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -183,8 +200,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut r = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"callcontrol\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"callcontrol\""),
+            );
         }
         r
     }
@@ -212,7 +231,11 @@ async fn require_token(State(st): State<WebState>, req: Request, next: Next) -> 
         match given {
             Some(t) if same_secret(t.as_bytes(), token.as_bytes()) => {}
             Some(_) => {
-                log::warn!("Web: refused {} {}: wrong bearer token", req.method(), req.uri().path());
+                log::warn!(
+                    "Web: refused {} {}: wrong bearer token",
+                    req.method(),
+                    req.uri().path()
+                );
                 return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token")
                     .into_response();
             }
@@ -237,12 +260,18 @@ fn is_loopback_host(host: &str) -> bool {
         host.rsplit_once(':').map_or(host, |(h, _)| h)
     };
     name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Cross-site and DNS-rebinding checks, and the security headers.
 async fn guard(State(st): State<WebState>, req: Request, next: Next) -> Response {
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if st.inner.token.is_none() && !is_loopback_host(host) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -252,13 +281,21 @@ async fn guard(State(st): State<WebState>, req: Request, next: Next) -> Response
         .into_response();
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        if let Some(origin) = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+        {
             let same = origin
                 .split_once("://")
                 .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host));
             if !same {
-                return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "cross-origin request refused")
-                    .into_response();
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "cross-origin request refused",
+                )
+                .into_response();
             }
         }
     }
@@ -271,9 +308,15 @@ async fn guard(State(st): State<WebState>, req: Request, next: Next) -> Response
              connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -304,10 +347,23 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:80", "127.0.0.1:9080", "[::1]:9080", "[::1]", "127.9.9.9"] {
+        for h in [
+            "localhost",
+            "localhost:80",
+            "127.0.0.1:9080",
+            "[::1]:9080",
+            "[::1]",
+            "127.9.9.9",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["", "evil.example", "evil.example:9080", "10.0.0.1:80", "[2001:db8::1]:80"] {
+        for h in [
+            "",
+            "evil.example",
+            "evil.example:9080",
+            "10.0.0.1:80",
+            "[2001:db8::1]:80",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }
