@@ -108,3 +108,18 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
     }
     panic!("condition not reached");
 }
+
+/// Polls an async condition until it is true (bounded).
+pub async fn eventually_async<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1000 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not reached");
+}
