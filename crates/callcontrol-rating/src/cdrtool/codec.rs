@@ -160,41 +160,39 @@ fn push_key(out: &mut Vec<u8>, key: &str) {
     out.push(b'=');
 }
 
-/// The fields shared by `MaxSessionTime` and `DebitBalance`, in the order
-/// `CallId From To Gateway Duration Application`.
-fn encode_session(
-    out: &mut Vec<u8>,
-    command: Command,
-    call_id: &str,
-    from: &str,
-    to: &str,
-    gateway: &str,
+/// The fields shared by `MaxSessionTime` and `DebitBalance`.
+struct SessionFields<'a> {
+    call_id: &'a str,
+    from: &'a str,
+    to: &'a str,
+    gateway: &'a str,
     duration: u64,
-    application: &str,
-) {
+    application: &'a str,
+}
+
+/// Writes `command` and the fields in the order
+/// `CallId From To Gateway Duration Application`.
+fn encode_session(out: &mut Vec<u8>, command: Command, f: SessionFields<'_>) {
     out.clear();
     out.extend_from_slice(command.as_str().as_bytes());
     push_key(out, "CallId");
-    push_encoded(out, call_id, is_call_id_safe);
+    push_encoded(out, f.call_id, is_call_id_safe);
     push_key(out, "From");
-    push_encoded(out, from, is_value_safe);
+    push_encoded(out, f.from, is_value_safe);
     push_key(out, "To");
-    push_encoded(out, to, is_value_safe);
+    push_encoded(out, f.to, is_value_safe);
     push_key(out, "Gateway");
-    push_encoded(out, gateway, is_value_safe);
+    push_encoded(out, f.gateway, is_value_safe);
     push_key(out, "Duration");
     // Always an integer: a non-numeric Duration kills the engine.
-    let _ = write!(DigitSink(out), "{duration}");
+    let _ = write!(DigitSink(out), "{}", f.duration);
     push_key(out, "Application");
-    push_encoded(
-        out,
-        if application.is_empty() {
-            "audio"
-        } else {
-            application
-        },
-        is_value_safe,
-    );
+    let app = if f.application.is_empty() {
+        "audio"
+    } else {
+        f.application
+    };
+    push_encoded(out, app, is_value_safe);
 }
 
 /// `fmt::Write` into a byte buffer.
@@ -210,30 +208,28 @@ impl std::fmt::Write for DigitSink<'_> {
 /// which the original added at the answer, is not sent: current CDRTool
 /// ignores it.
 pub fn encode_max_session_time(req: &AuthoriseRequest, out: &mut Vec<u8>) {
-    encode_session(
-        out,
-        Command::MaxSessionTime,
-        req.call_id.as_str(),
-        req.party.as_str(),
-        &req.to,
-        &req.gateway,
-        req.max_duration,
-        &req.application,
-    );
+    let fields = SessionFields {
+        call_id: req.call_id.as_str(),
+        from: req.party.as_str(),
+        to: &req.to,
+        gateway: &req.gateway,
+        duration: req.max_duration,
+        application: &req.application,
+    };
+    encode_session(out, Command::MaxSessionTime, fields);
 }
 
 /// Encodes `DebitBalance` into `out` (cleared first).
 pub fn encode_debit_balance(req: &DebitRequest, out: &mut Vec<u8>) {
-    encode_session(
-        out,
-        Command::DebitBalance,
-        req.call_id.as_str(),
-        req.party.as_str(),
-        &req.to,
-        &req.gateway,
-        req.duration,
-        &req.application,
-    );
+    let fields = SessionFields {
+        call_id: req.call_id.as_str(),
+        from: req.party.as_str(),
+        to: &req.to,
+        gateway: &req.gateway,
+        duration: req.duration,
+        application: &req.application,
+    };
+    encode_session(out, Command::DebitBalance, fields);
 }
 
 /// `user@domain` for the balance commands: a `sip:`/`sips:` prefix is removed;
