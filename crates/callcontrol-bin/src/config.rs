@@ -565,8 +565,10 @@ max_connections = 10
     fn the_shipped_sample_loads_with_the_defaults() {
         let text = include_str!("../../../config.ini.sample");
         let c = Config::parse(text, "config.ini.sample").unwrap();
-        let mut d = Config::default();
-        d.warnings = c.warnings.clone();
+        let d = Config {
+            warnings: c.warnings.clone(),
+            ..Default::default()
+        };
         assert_eq!(c, d, "the sample must document the defaults");
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
