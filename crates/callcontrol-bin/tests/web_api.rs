@@ -663,3 +663,41 @@ async fn a_public_address_without_token_is_refused_at_start() {
     }
     d.stop().await;
 }
+
+#[tokio::test]
+async fn ten_thousand_sessions_are_served_a_page_at_a_time() {
+    let d = Daemon::start(Some(TOKEN)).await;
+    for i in 0..10_000 {
+        let from = if i % 1000 == 7 {
+            "<sip:needle@example.com>"
+        } else {
+            "<sip:bulk@example.com>"
+        };
+        let req = InitRequest::new(format!("bulk-{i:05}@h"), from, "sip:2000@example.com");
+        assert_eq!(d.handle.init(req).await.unwrap(), InitReply::Limited);
+    }
+    let t = std::time::Instant::now();
+    let r = d.get("/api/sessions?offset=9950&limit=100").await;
+    eprintln!(
+        "GET one page of 10000 sessions: {:?}, {} bytes",
+        t.elapsed(),
+        r.body.len()
+    );
+    let page = r.json();
+    assert_eq!(page["total"], 10_000);
+    assert_eq!(page["matched"], 10_000);
+    assert_eq!(call_ids(&page).len(), 50);
+    assert_eq!(call_ids(&page)[49], "bulk-09999@h");
+    let needles = d.get("/api/sessions?user=needle&limit=100").await.json();
+    assert_eq!(needles["matched"], 10);
+    assert_eq!(call_ids(&needles)[0], "bulk-00007@h");
+    let m = parse_metrics(&d.get("/metrics").await.text());
+    assert_eq!(
+        sample(
+            &m,
+            r#"callcontrol_sessions{state="pending",kind="postpaid"}"#
+        ),
+        10_000.0
+    );
+    d.stop().await;
+}

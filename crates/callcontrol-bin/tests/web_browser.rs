@@ -295,6 +295,15 @@ async fn sessions_page_in_headless_chromium() {
             InitReply::Limited
         );
     }
+    // And 10,000 more straight through the engine: the page must stay usable.
+    for i in 0..10_000 {
+        let req = InitRequest::new(
+            format!("bulk-{i:05}@h"),
+            "<sip:bulk@example.com>",
+            "sip:2000@example.com",
+        );
+        assert_eq!(d.handle.init(req).await.unwrap(), InitReply::Limited);
+    }
     let artifacts = artifacts_dir();
 
     let mut b = Browser::launch(&exe).await;
@@ -327,7 +336,7 @@ async fn sessions_page_in_headless_chromium() {
     assert_eq!(
         b.eval("document.getElementById('page-info').textContent")
             .await,
-        json!("1–100 of 130")
+        json!("1–100 of 10130")
     );
 
     // The hostile Call-ID is shown as text and ran nothing.
@@ -407,18 +416,42 @@ async fn sessions_page_in_headless_chromium() {
         .await;
     b.wait_for(
         "page two",
-        "document.getElementById('page-info').textContent === '101–130 of 130'",
+        "document.getElementById('page-info').textContent === '101–200 of 10130'",
     )
     .await;
     assert_eq!(
         b.eval("document.querySelectorAll('#rows tr').length").await,
-        json!(30)
+        json!(100)
     );
-    b.eval("document.getElementById('prev').click(); true")
+    // The last page.
+    b.eval(
+        "window.callcontrol.state.offset = 10100; window.callcontrol.refresh().then(() => true)",
+    )
+    .await;
+    b.wait_for(
+        "the last page",
+        "document.getElementById('page-info').textContent === '10101–10130 of 10130'",
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.getElementById('next').disabled").await,
+        json!(true)
+    );
+    assert_eq!(
+        b.eval("document.querySelector('#rows tr:last-child').dataset.callid")
+            .await,
+        json!("bulk-09999@h")
+    );
+    // One refresh of a page with 10,130 sessions (reported, not asserted).
+    let ms = b
+        .eval("(async () => { const t = performance.now(); await window.callcontrol.refresh(); return performance.now() - t; })()")
+        .await;
+    eprintln!("page refresh with 10130 sessions: {ms} ms");
+    b.eval("window.callcontrol.state.offset = 100; document.getElementById('prev').click(); true")
         .await;
     b.wait_for(
         "page one",
-        "document.getElementById('page-info').textContent === '1–100 of 130'",
+        "document.getElementById('page-info').textContent === '1–100 of 10130'",
     )
     .await;
 
@@ -432,7 +465,7 @@ async fn sessions_page_in_headless_chromium() {
     assert_eq!(
         b.eval("document.getElementById('counts').textContent")
             .await,
-        json!("(3 matching of 130)")
+        json!("(3 matching of 10130)")
     );
 
     // The account panel: balance, then credit.
@@ -494,7 +527,7 @@ async fn sessions_page_in_headless_chromium() {
 
     // Back to everything, and the picture.
     b.eval("{ const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input')); } true").await;
-    b.wait_for("all rows", "document.querySelectorAll('#rows tr').length === 100 && document.getElementById('page-info').textContent === '1–100 of 129'").await;
+    b.wait_for("all rows", "document.querySelectorAll('#rows tr').length === 100 && document.getElementById('page-info').textContent === '1–100 of 10129'").await;
     b.eval("document.getElementById('message').hidden = true; window.scrollTo(0, 0); true")
         .await;
     let shot = artifacts.join("web-sessions.png");
