@@ -793,4 +793,28 @@ mod tests {
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
         assert!("interval:0".parse::<FsyncPolicy>().is_err());
     }
+
+    /// Figures for docs/adr/0002-journal.md (not a pass/fail test):
+    /// `cargo test -p callcontrol-core --release --lib journal::tests::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn measure_apply_cost_per_policy() {
+        for (name, fsync) in [
+            ("never", FsyncPolicy::Never),
+            ("interval", FsyncPolicy::default()),
+            ("always", FsyncPolicy::Always),
+        ] {
+            let dir = tmp();
+            let mut j = Journal::open(&dir, JournalOptions { fsync, ..Default::default() }).unwrap();
+            let n = 2000;
+            let t = Instant::now();
+            for i in 0..n {
+                j.apply(&[StoreChange::Session(session(&format!("m{i}")))]).unwrap();
+            }
+            let per = t.elapsed() / n;
+            let bytes = j.journal_len() / n as u64;
+            j.close().unwrap();
+            println!("fsync={name}: {per:?} per one-session batch, {bytes} bytes per record");
+        }
+    }
 }
