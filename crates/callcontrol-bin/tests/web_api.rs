@@ -121,6 +121,9 @@ async fn page_is_public_and_carries_security_headers() {
         !js.contains("innerHTML") && !js.contains("insertAdjacentHTML"),
         "no HTML parsing of data"
     );
+    let r = d.get("/api/sessions/%FF%FE").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "bad_request");
     let r = d.get("/api/nothing-here").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.json()["error"]["code"], "not_found");
@@ -557,6 +560,12 @@ async fn metrics_count_the_activity_that_produced_them() {
         s(r#"callcontrol_dialog_end_requests_total{result="sent"}"#),
         1.0
     );
+    let mi: Vec<_> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("callcontrol_mi_reachable{"))
+        .collect();
+    assert_eq!(mi.len(), 1, "{mi:?}");
+    assert_eq!(*mi[0].1, 1.0);
     assert_eq!(s("callcontrol_control_socket_up"), 1.0);
     assert_eq!(s("callcontrol_engine_up"), 1.0);
     // Timers: none fired yet, but the histogram is there.

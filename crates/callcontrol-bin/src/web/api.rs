@@ -2,7 +2,8 @@
 //! HTML.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -47,6 +48,20 @@ impl From<RatingError> for ApiError {
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// The one path parameter of a route (a Call-ID or an account), percent-
+/// decoded; a malformed one is a JSON 400 like every other error.
+pub(super) struct Param(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Param {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| Param(p))
+            .map_err(|e| bad_request(e.body_text()))
+    }
 }
 
 /// Unknown paths.
@@ -181,7 +196,7 @@ pub(super) async fn list_sessions(
 /// `GET /api/sessions/{call_id}`
 pub(super) async fn show_session(
     State(st): State<WebState>,
-    Path(call_id): Path<String>,
+    Param(call_id): Param,
 ) -> Result<Json<SessionInfo>, ApiError> {
     match st.inner.handle.show(call_id.as_str()).await? {
         Some(s) => Ok(Json(s)),
@@ -201,7 +216,7 @@ fn no_session(call_id: &str) -> ApiError {
 /// the elapsed time.
 pub(super) async fn terminate(
     State(st): State<WebState>,
-    Path(call_id): Path<String>,
+    Param(call_id): Param,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     match st.inner.handle.terminate(call_id.as_str()).await? {
         Found::Ok => {
@@ -284,7 +299,7 @@ fn account(raw: &str) -> Result<String, ApiError> {
 /// `GET /api/accounts/{account}/balance`
 pub(super) async fn balance(
     State(st): State<WebState>,
-    Path(raw): Path<String>,
+    Param(raw): Param,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let acct = account(&raw)?;
     let b = with_timeout(st.inner.rating.balance(&acct)).await?;
@@ -294,7 +309,7 @@ pub(super) async fn balance(
 /// `GET /api/accounts/{account}/history`
 pub(super) async fn history(
     State(st): State<WebState>,
-    Path(raw): Path<String>,
+    Param(raw): Param,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let acct = account(&raw)?;
     let entries = with_timeout(st.inner.rating.balance_history(&acct)).await?;
@@ -311,7 +326,7 @@ pub(super) struct Credit {
 /// `POST /api/accounts/{account}/credit` with `{"amount": "10.00"}`.
 pub(super) async fn add_credit(
     State(st): State<WebState>,
-    Path(raw): Path<String>,
+    Param(raw): Param,
     body: Result<Json<Credit>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let acct = account(&raw)?;

@@ -21,7 +21,8 @@
 //! when `[Web] token` is set. Without a token (loopback only) the server
 //! still refuses requests whose `Host` is not a loopback name, so a web page
 //! elsewhere cannot reach it by DNS rebinding, and a `POST` whose `Origin` is
-//! another site.
+//! another site. The page keeps the token in `sessionStorage` and sends it as
+//! a header, never as a cookie, so other sites cannot make requests with it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -280,7 +281,9 @@ async fn guard(State(st): State<WebState>, req: Request, next: Next) -> Response
         )
         .into_response();
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    // With a token, cross-site requests cannot carry it (it is a header, not
+    // a cookie, and no CORS is offered); without one, refuse foreign origins.
+    if st.inner.token.is_none() && req.method() != Method::GET && req.method() != Method::HEAD {
         if let Some(origin) = req
             .headers()
             .get(header::ORIGIN)
