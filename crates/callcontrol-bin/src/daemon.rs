@@ -471,8 +471,14 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
         );
     }
 
-    let rating = build_rating(config)?;
-    let signalling = build_signalling(config)?;
+    let mut rating = build_rating(config)?;
+    let mut signalling = build_signalling(config)?;
+    // With the web interface on, the backends are metered for /metrics.
+    let metrics = config.web.enabled().then(crate::web::Metrics::new);
+    if let Some(m) = &metrics {
+        rating = m.wrap_rating(rating);
+        signalling = m.wrap_signalling(signalling);
+    }
 
     // Reconcile with the proxy before any restored timer fires.
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
@@ -530,7 +536,13 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
     info!("Listening for the proxy on {}", socket.display());
     let socket_up = Arc::new(AtomicBool::new(true));
     let server_stop = CancellationToken::new();
-    let server_cfg = ServerConfig::default();
+    let mut server_cfg = ServerConfig {
+        max_connections: 0,
+        ..ServerConfig::default()
+    };
+    if let Some(m) = &metrics {
+        server_cfg.on_request = Some(Arc::new(m.request_observer()));
+    }
     let server = {
         let (handle, stop, up) = (handle.clone(), server_stop.clone(), socket_up.clone());
         tokio::spawn(async move {
@@ -540,13 +552,13 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
         })
     };
     let web_stop = CancellationToken::new();
-    let web = if config.web.enabled() {
+    let web = if let Some(metrics) = metrics {
         let parts = crate::web::WebParts {
             handle: handle.clone(),
             rating: rating.clone(),
             signalling: signalling.clone(),
             control_socket_up: Arc::new(move || socket_up.load(Ordering::SeqCst)),
-            metrics: crate::web::Metrics::new(),
+            metrics,
             token: config.web.token().map(str::to_string),
         };
         let (web_cfg, stop) = (config.web.clone(), web_stop.clone());
