@@ -76,6 +76,33 @@ async fn client(fake: &FakeCdrtool, pool: usize) -> Arc<CdrtoolClient> {
     c
 }
 
+/// The same request over a bare socket (no client): the floor that the
+/// loopback round trip and the runtime's wake-ups set.
+async fn raw_round_trip(n: usize) -> Vec<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeCdrtool::start().await.expect("fake");
+    let mut s = tokio::net::TcpStream::connect(fake.addr())
+        .await
+        .expect("connect");
+    let _ = s.set_nodelay(true);
+    let mut req = Vec::new();
+    let mut v = Vec::with_capacity(n);
+    let mut buf = Vec::with_capacity(256);
+    for i in 0..(n + 2000) {
+        codec::encode_max_session_time(&auth("bench", &format!("c{i}")), &mut req);
+        let t = Instant::now();
+        s.write_all(&req).await.expect("write");
+        buf.clear();
+        while !matches!(codec::frame_reply(&buf), codec::Frame::Complete { .. }) {
+            s.read_buf(&mut buf).await.expect("read");
+        }
+        if i >= 2000 {
+            v.push(t.elapsed());
+        }
+    }
+    v
+}
+
 async fn overhead(n: usize) {
     let fake = FakeCdrtool::start().await.expect("fake");
     let c = client(&fake, 1).await;
@@ -100,6 +127,10 @@ async fn overhead(n: usize) {
         .map(|(t, e)| t.saturating_sub(*e))
         .collect();
     println!("== client overhead per MaxSessionTime, zero-latency fake, one connection");
+    report(
+        "bare socket round trip (no client)",
+        raw_round_trip(n).await,
+    );
     report("caller wait (client + engine)", total);
     report("engine's own time (fake)", engine);
     report("overhead = wait - engine time", over);
@@ -169,6 +200,13 @@ fn main() {
         .build()
         .expect("runtime");
     codec_only(200_000);
+    println!("-- current-thread runtime (client and fake on one thread)");
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    single.block_on(overhead(20_000));
+    println!("-- multi-thread runtime, 2 workers");
     rt.block_on(async {
         overhead(20_000).await;
         println!("== throughput through one engine connection (2 s windows)");

@@ -122,12 +122,19 @@ pub struct CdrtoolStats {
 
 impl CdrtoolStats {
     fn count(&mut self, cmd: Command, result: &str) {
-        *self
-            .requests
-            .entry(cmd.as_str().to_string())
-            .or_default()
-            .entry(result.to_string())
-            .or_default() += 1;
+        // Look up before inserting: no allocation once the keys exist.
+        if !self.requests.contains_key(cmd.as_str()) {
+            self.requests
+                .insert(cmd.as_str().to_string(), BTreeMap::new());
+        }
+        if let Some(by_result) = self.requests.get_mut(cmd.as_str()) {
+            match by_result.get_mut(result) {
+                Some(n) => *n += 1,
+                None => {
+                    by_result.insert(result.to_string(), 1);
+                }
+            }
+        }
     }
 }
 
@@ -494,6 +501,18 @@ struct Pin {
     /// Call-IDs with an authorisation the engine may hold, and until when
     /// (the engine purges a session at its limit + 120 s).
     calls: HashMap<CallId, Instant>,
+    /// The earliest of those: expired calls are swept only once it passed,
+    /// so pinning stays O(1) per request.
+    sweep_at: Instant,
+}
+
+impl Pin {
+    fn sweep(&mut self, now: Instant) {
+        if now >= self.sweep_at {
+            self.calls.retain(|_, until| *until > now);
+            self.sweep_at = self.calls.values().min().copied().unwrap_or(now);
+        }
+    }
 }
 
 struct Inner {
@@ -540,9 +559,10 @@ impl Inner {
         let keep = Duration::from_secs(req.max_duration.saturating_add(300));
         let mut pins = lock(&self.pins);
         if let Some(pin) = pins.get_mut(&req.party) {
-            pin.calls.retain(|_, until| *until > now);
+            pin.sweep(now);
             if !pin.calls.is_empty() {
                 let fresh = pin.calls.insert(req.call_id.clone(), now + keep).is_none();
+                pin.sweep_at = pin.sweep_at.min(now + keep);
                 return Ok((pin.link, fresh));
             }
         }
@@ -551,7 +571,14 @@ impl Inner {
             .ok_or_else(|| RatingError::Unreachable("no rating engine is reachable".into()))?;
         let mut calls = HashMap::new();
         calls.insert(req.call_id.clone(), now + keep);
-        pins.insert(req.party.clone(), Pin { link, calls });
+        pins.insert(
+            req.party.clone(),
+            Pin {
+                link,
+                calls,
+                sweep_at: now + keep,
+            },
+        );
         Ok((link, true))
     }
 
@@ -796,6 +823,11 @@ impl RatingBackend for CdrtoolClient {
         match codec::parse_max_session_time(&body) {
             Ok(a) => {
                 inner.count(cmd, limit_result(&a));
+                // `none` (postpaid) and `Locked` record no session in the
+                // engine: nothing will be debited, so nothing to pin.
+                if fresh && matches!(a.limit, RatedLimit::Unlimited | RatedLimit::Locked) {
+                    inner.unpin(&req.party, &req.call_id);
+                }
                 debug!(
                     "MaxSessionTime for {} from {}: {:?} ({})",
                     req.party, link.name, a, req.call_id
