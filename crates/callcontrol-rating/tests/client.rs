@@ -84,6 +84,9 @@ async fn account_types_and_limits() {
         c.authorise(&auth("alice", "a2")).await.map(|a| a.limit),
         Ok(RatedLimit::Locked)
     );
+    // `none` and `Locked` record no session in the engine: only broke and
+    // alice (a1) are pinned.
+    assert_eq!(c.pinned_parties(), 2);
     assert_eq!(
         c.debit(&debit("bob", "p1", 10)).await,
         Ok(DebitOutcome::NotPrepaid)
