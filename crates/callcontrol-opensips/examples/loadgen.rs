@@ -38,9 +38,11 @@ struct Args {
     runs: usize,
     prefill: usize,
     echo: bool,
+    client_threads: usize,
+    server_threads: usize,
 }
 
-fn parse_args() -> Result<(Option<(PathBuf, bool)>, Args), String> {
+fn parse_args() -> Result<(Option<(PathBuf, bool, usize)>, Args), String> {
     let mut a = Args {
         socket: None,
         pid: None,
@@ -49,6 +51,8 @@ fn parse_args() -> Result<(Option<(PathBuf, bool)>, Args), String> {
         runs: 3,
         prefill: 100_000,
         echo: true,
+        client_threads: 1,
+        server_threads: 2,
     };
     let mut serve = None;
     let mut it = std::env::args().skip(1);
@@ -57,6 +61,8 @@ fn parse_args() -> Result<(Option<(PathBuf, bool)>, Args), String> {
         match arg.as_str() {
             "--serve" => serve = Some((PathBuf::from(val()?), false)),
             "--serve-echo" => serve = Some((PathBuf::from(val()?), true)),
+            "--server-threads" => a.server_threads = val()?.parse().map_err(|e| format!("{e}"))?,
+            "--client-threads" => a.client_threads = val()?.parse().map_err(|e| format!("{e}"))?,
             "--socket" => a.socket = Some(PathBuf::from(val()?)),
             "--pid" => a.pid = Some(val()?.parse().map_err(|e| format!("--pid: {e}"))?),
             "--connections" => {
@@ -74,7 +80,7 @@ fn parse_args() -> Result<(Option<(PathBuf, bool)>, Args), String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok((serve, a))
+    Ok((serve.map(|(p, e)| (p, e, a.server_threads)), a))
 }
 
 fn main() {
@@ -85,18 +91,28 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Some((path, echo)) = serve_mode {
-        return run_server(&path, echo);
+    if let Some((path, echo, threads)) = serve_mode {
+        return run_server(&path, echo, threads);
     }
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(bench(args));
+    runtime(args.client_threads).block_on(bench(args));
 }
 
 // ---- the servers (child processes) ------------------------------------------
 
-fn run_server(path: &Path, echo: bool) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
+/// A runtime with `threads` workers; 0 or 1: a current-thread runtime.
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().expect("runtime")
+}
+
+fn run_server(path: &Path, echo: bool, threads: usize) {
+    runtime(threads).block_on(async {
         let listener = bind_socket(path, None).expect("bind");
         if echo {
             return echo_server(listener).await;
@@ -348,12 +364,14 @@ struct Target {
     child: Option<std::process::Child>,
 }
 
-fn spawn_server(dir: &Path, echo: bool) -> Target {
+fn spawn_server(dir: &Path, echo: bool, threads: usize) -> Target {
     let path = dir.join(if echo { "echo.sock" } else { "daemon.sock" });
     let exe = std::env::current_exe().expect("current exe");
     let child = std::process::Command::new(exe)
         .arg(if echo { "--serve-echo" } else { "--serve" })
         .arg(&path)
+        .arg("--server-threads")
+        .arg(threads.to_string())
         .spawn()
         .expect("spawn server");
     for _ in 0..200 {
@@ -444,10 +462,10 @@ async fn bench(args: Args) {
             pid: args.pid,
             child: None,
         }),
-        None => targets.push(spawn_server(&dir, false)),
+        None => targets.push(spawn_server(&dir, false, args.server_threads)),
     }
     if args.echo {
-        targets.push(spawn_server(&dir, true));
+        targets.push(spawn_server(&dir, true, args.server_threads));
     }
     println!(
         "loadgen: {} s per run, median of {} runs, connections {:?}",

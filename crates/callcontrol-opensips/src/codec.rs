@@ -53,6 +53,8 @@ pub struct Decoder {
     discarding: bool,
     /// While discarding: whether the current line has anything but whitespace.
     discard_content: bool,
+    /// The command of the block being received, once its first line is in.
+    command: &'static str,
 }
 
 impl Decoder {
@@ -101,16 +103,18 @@ impl Decoder {
                 if self.buf.len() - self.line_start > MAX_LINE {
                     // The line cannot become valid: answer now, drop what we
                     // have and skip to the next empty line.
+                    let command = self.command;
                     self.start_discarding(self.buf.len(), true);
-                    return Some(Err(ProtocolError::LineTooLong(MAX_LINE)));
+                    return Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)));
                 }
                 return None;
             };
             let end = self.scanned + pos;
             let line = trim_cr(&self.buf[self.line_start..end]);
             if line.len() > MAX_LINE {
+                let command = self.command;
                 self.start_discarding(end + 1, false);
-                return Some(Err(ProtocolError::LineTooLong(MAX_LINE)));
+                return Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)));
             }
             if line.iter().all(u8::is_ascii_whitespace) {
                 if self.lines == 0 {
@@ -123,9 +127,13 @@ impl Decoder {
                 return Some(result);
             }
             self.lines += 1;
+            if self.lines == 1 {
+                self.command = command_of(line);
+            }
             if self.lines > MAX_LINES {
+                let command = self.command;
                 self.start_discarding(end + 1, false);
-                return Some(Err(ProtocolError::TooManyLines(MAX_LINES)));
+                return Some(Err(ProtocolError::TooManyLines(MAX_LINES, command)));
             }
             self.line_start = end + 1;
             self.scanned = end + 1;
@@ -137,6 +145,7 @@ impl Decoder {
         self.scanned = 0;
         self.line_start = 0;
         self.lines = 0;
+        self.command = "";
     }
 
     fn start_discarding(&mut self, n: usize, mid_line: bool) {
@@ -163,6 +172,15 @@ impl Decoder {
         self.consume(n);
         false
     }
+}
+
+/// The command named by a first line (`""` when it is none of them).
+fn command_of(line: &[u8]) -> &'static str {
+    let word = line.trim_ascii();
+    ["init", "start", "stop", "debug", "terminate"]
+        .into_iter()
+        .find(|c| word.eq_ignore_ascii_case(c.as_bytes()))
+        .unwrap_or("")
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -197,7 +215,12 @@ impl<'a> Params<'a> {
 
 /// Parses one complete block (without its terminating empty line).
 fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
-    let text = std::str::from_utf8(block).map_err(|_| ProtocolError::InvalidUtf8)?;
+    let text = std::str::from_utf8(block).map_err(|_| {
+        let first = block
+            .split(|&b| b == b'\n')
+            .find(|l| !l.trim_ascii().is_empty());
+        ProtocolError::InvalidUtf8(command_of(first.unwrap_or_default()))
+    })?;
     let mut lines = text.split('\n').map(str::trim).filter(|l| !l.is_empty());
     let word = lines.next().unwrap_or("");
     let command: &'static str = match word {
@@ -609,15 +632,18 @@ mod tests {
     #[test]
     fn errors_are_typed_and_framed() {
         let out = decode_all(
-            b"bogus\r\n\r\nstop\r\n\r\ndebug\r\nshow: nothing\r\n\r\nterminate\r\n\r\n\xff\xfe\r\n\r\n",
+            b"bogus\r\n\r\nstop\r\n\r\ndebug\r\nshow: nothing\r\n\r\nterminate\r\n\r\n\xff\xfe\r\n\r\n\
+              terminate\r\ncallid: \xff\r\n\r\n",
         );
+        assert_eq!(out[5], Err(ProtocolError::InvalidUtf8("terminate")));
+        assert_eq!(out[5].as_ref().unwrap_err().reply_bytes(), b"Error\r\n\r\n");
         assert!(matches!(out[0], Err(ProtocolError::UnknownCommand(_))));
         assert_eq!(out[0].as_ref().unwrap_err().reply_bytes(), b"Error\r\n");
         assert_eq!(out[1], Err(ProtocolError::MissingKey("callid", "stop")));
         assert_eq!(out[2].as_ref().unwrap_err().reply_bytes(), b"Error\r\n\r\n");
         assert_eq!(out[3].as_ref().unwrap_err().reply_bytes(), b"Error\r\n\r\n");
-        assert_eq!(out[4], Err(ProtocolError::InvalidUtf8));
-        assert_eq!(out.len(), 5);
+        assert_eq!(out[4], Err(ProtocolError::InvalidUtf8("")));
+        assert_eq!(out.len(), 6);
     }
 
     #[test]
@@ -627,7 +653,10 @@ mod tests {
         assert!(d.decode().is_none());
         let big = vec![b'a'; MAX_LINE + 10];
         d.feed(&big);
-        assert_eq!(d.decode(), Some(Err(ProtocolError::LineTooLong(MAX_LINE))));
+        assert_eq!(
+            d.decode(),
+            Some(Err(ProtocolError::LineTooLong(MAX_LINE, "init")))
+        );
         // More of the same request: discarded, bounded.
         for _ in 0..100 {
             d.feed(&big);
@@ -655,7 +684,7 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Err(ProtocolError::TooManyLines(MAX_LINES)),
+                Err(ProtocolError::TooManyLines(MAX_LINES, "start")),
                 Ok(Request::Stop {
                     call_id: CallId::new("c")
                 })

@@ -10,15 +10,16 @@ use thiserror::Error;
 /// none closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProtocolError {
-    /// A line longer than [`MAX_LINE`](crate::codec::MAX_LINE).
-    #[error("request line longer than {0} bytes")]
-    LineTooLong(usize),
+    /// A line longer than [`MAX_LINE`](crate::codec::MAX_LINE) bytes, in a
+    /// request of this command (`""` when unknown).
+    #[error("request line longer than {0} bytes in {1:?} request")]
+    LineTooLong(usize, &'static str),
     /// A block of more than [`MAX_LINES`](crate::codec::MAX_LINES) lines.
-    #[error("request block longer than {0} lines")]
-    TooManyLines(usize),
+    #[error("request block longer than {0} lines in {1:?} request")]
+    TooManyLines(usize, &'static str),
     /// The block is not UTF-8.
-    #[error("request is not valid UTF-8")]
-    InvalidUtf8,
+    #[error("{0:?} request is not valid UTF-8")]
+    InvalidUtf8(&'static str),
     /// The command word is none of `init`, `start`, `stop`, `debug`, `terminate`.
     #[error("unknown command {0:?}")]
     UnknownCommand(String),
@@ -42,6 +43,9 @@ impl ProtocolError {
             ProtocolError::MissingKey(_, "debug" | "terminate")
                 | ProtocolError::BadLine(_, "debug" | "terminate")
                 | ProtocolError::BadValue(_, _, "debug" | "terminate")
+                | ProtocolError::LineTooLong(_, "debug" | "terminate")
+                | ProtocolError::TooManyLines(_, "debug" | "terminate")
+                | ProtocolError::InvalidUtf8("debug" | "terminate")
         )
     }
 
