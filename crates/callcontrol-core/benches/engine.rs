@@ -29,12 +29,22 @@ fn drain(e: &mut Engine) {
 }
 
 fn engine_with(background: u64) -> (Engine, Timestamp) {
-    let mut e = Engine::new(EngineConfig { limit: Some(3600), ..Default::default() });
+    let mut e = Engine::new(EngineConfig {
+        limit: Some(3600),
+        ..Default::default()
+    });
     let now = Timestamp(1_700_000_000_000);
     for i in 0..background {
         e.handle(now, i, Request::Init(init(1_000_000_000 + i)));
         let call_id = CallId::new(format!("{:08x}-4a3b-11ef-9c3d@10.0.0.1", 1_000_000_000 + i));
-        e.handle(now, i, Request::Start(StartRequest { call_id, dialog_id: Some(DialogId::new(1, i as u32)) }));
+        e.handle(
+            now,
+            i,
+            Request::Start(StartRequest {
+                call_id,
+                dialog_id: Some(DialogId::new(1, i as u32)),
+            }),
+        );
         drain(&mut e);
     }
     (e, now)
@@ -58,7 +68,14 @@ fn bench_cycle(c: &mut Criterion) {
                 |(req, id)| {
                     now = now.plus_millis(1);
                     e.handle(now, 1, Request::Init(req));
-                    e.handle(now, 2, Request::Start(StartRequest { call_id: id.clone(), dialog_id: Some(DialogId::new(3, 4)) }));
+                    e.handle(
+                        now,
+                        2,
+                        Request::Start(StartRequest {
+                            call_id: id.clone(),
+                            dialog_id: Some(DialogId::new(3, 4)),
+                        }),
+                    );
                     e.handle(now, 3, Request::Stop { call_id: id });
                     e.handle_timeout(now);
                     drain(&mut e);

@@ -12,15 +12,25 @@ use callcontrol_core::prelude::*;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
-    let n: u64 = std::env::var("SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::var("SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let before = rss_bytes();
-    let mut e = Engine::new(EngineConfig { limit: Some(3600), ..Default::default() });
+    let mut e = Engine::new(EngineConfig {
+        limit: Some(3600),
+        ..Default::default()
+    });
     let now = Timestamp(1_700_000_000_000);
     for i in 0..n {
         let mut req = InitRequest::new(
@@ -31,7 +41,14 @@ fn main() {
         req.from_tag = format!("{i}SIPpTag001");
         let id = req.call_id.clone();
         e.handle(now, i, Request::Init(req));
-        e.handle(now, i, Request::Start(StartRequest { call_id: id, dialog_id: Some(DialogId::new(1, i as u32)) }));
+        e.handle(
+            now,
+            i,
+            Request::Start(StartRequest {
+                call_id: id,
+                dialog_id: Some(DialogId::new(1, i as u32)),
+            }),
+        );
         drop(e.take_changes());
         while e.poll_effect().is_some() {}
     }
@@ -39,6 +56,10 @@ fn main() {
     assert_eq!(e.len() as u64, n);
     let per = (after.saturating_sub(before)) as f64 / n as f64;
     println!("sessions in progress: {n}");
-    println!("rss before: {:.1} MiB, after: {:.1} MiB", before as f64 / 1048576.0, after as f64 / 1048576.0);
+    println!(
+        "rss before: {:.1} MiB, after: {:.1} MiB",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
     println!("resident memory per in-progress session: {per:.0} bytes");
 }

@@ -128,7 +128,11 @@ pub struct Engine {
     debits_in_flight: usize,
     debits_paused_until: Option<Timestamp>,
     effects: VecDeque<Effect>,
+    /// Debit changes, in order.
     changes: Vec<StoreChange>,
+    /// Sessions changed (or removed) since the last `take_changes`; their
+    /// records are copied once per batch, not once per change.
+    dirty: Vec<CallId>,
     stats: EngineStats,
 }
 
@@ -149,6 +153,7 @@ impl Engine {
             debits_paused_until: None,
             effects: VecDeque::new(),
             changes: Vec::new(),
+            dirty: Vec::new(),
             stats: EngineStats::default(),
         }
     }
@@ -201,12 +206,37 @@ impl Engine {
     /// The durable-state changes since the last call. The driver must persist
     /// them before it performs the effects that follow (replies acknowledge).
     pub fn take_changes(&mut self) -> Vec<StoreChange> {
-        std::mem::take(&mut self.changes)
+        // Owed debits come first: if a store loses the tail of a batch, a
+        // session may come back (and be debited again, which the rating
+        // engine refuses as a repeat) but a debit is never lost.
+        let (mut out, dones): (Vec<_>, Vec<_>) = std::mem::take(&mut self.changes)
+            .into_iter()
+            .partition(|c| matches!(c, StoreChange::Debit(_)));
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut seen = std::collections::HashSet::new();
+        for (i, id) in dirty.iter().enumerate() {
+            // Small batches (the usual case) dedup by scanning, big ones by set.
+            let repeat = if dirty.len() <= 8 {
+                dirty[..i].contains(id)
+            } else {
+                !seen.insert(id.clone())
+            };
+            if repeat {
+                continue;
+            }
+            let id = id.clone();
+            out.push(match self.sessions.get(&id) {
+                Some(s) => StoreChange::Session(s.clone()),
+                None => StoreChange::RemoveSession(id),
+            });
+        }
+        out.extend(dones);
+        out
     }
 
     /// Whether changes are waiting to be persisted.
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty()
+        !self.changes.is_empty() || !self.dirty.is_empty()
     }
 
     /// When [`Engine::handle_timeout`] must next be called.
@@ -255,11 +285,14 @@ impl Engine {
     }
 
     fn reply_init(&mut self, token: Token, reply: InitReply) {
-        *self
-            .stats
-            .init_replies
-            .entry(reply.outcome().to_string())
-            .or_default() += 1;
+        match self.stats.init_replies.get_mut(reply.outcome()) {
+            Some(n) => *n += 1,
+            None => {
+                self.stats
+                    .init_replies
+                    .insert(reply.outcome().to_string(), 1);
+            }
+        }
         self.reply(token, Reply::Init(reply));
     }
 
@@ -273,7 +306,7 @@ impl Engine {
                 return self.reply_init(token, InitReply::Error);
             }
         };
-        if self.authorising.contains_key(&req.call_id) {
+        if !self.authorising.is_empty() && self.authorising.contains_key(&req.call_id) {
             // A second init while the first is still being rated: OpenSIPS
             // blocks on the first, so this is another proxy or a replay.
             let same = self.ops.values().any(|op| {
@@ -805,18 +838,21 @@ impl Engine {
     fn insert_session(&mut self, mut session: Session, deadline: Option<Timestamp>) {
         let id = session.call_id.clone();
         // One allocation of the party's name, shared by all its sessions.
-        match self.parties.get_mut(&session.party) {
-            Some(ids) => ids.push(id.clone()),
-            None => {
-                self.parties.insert(session.party.clone(), vec![id.clone()]);
+        match self.parties.entry(session.party.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                session.party = o.key().clone();
+                o.get_mut().push(id.clone());
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(vec![id.clone()]);
             }
         }
-        if let Some((k, _)) = self.parties.get_key_value(&session.party) {
-            session.party = k.clone();
+        session.deadline = deadline;
+        if let Some(d) = deadline {
+            self.timers.insert((d, id.clone()));
         }
         self.sessions.insert(id.clone(), session);
-        self.set_deadline(&id, deadline);
-        self.persist(&id);
+        self.dirty.push(id);
     }
 
     fn remove_session(&mut self, id: &CallId) -> Option<Session> {
@@ -830,13 +866,13 @@ impl Engine {
                 self.parties.remove(&s.party);
             }
         }
-        self.changes.push(StoreChange::RemoveSession(id.clone()));
+        self.dirty.push(id.clone());
         Some(s)
     }
 
     fn persist(&mut self, id: &CallId) {
-        if let Some(s) = self.sessions.get(id) {
-            self.changes.push(StoreChange::Session(s.clone()));
+        if self.dirty.last() != Some(id) {
+            self.dirty.push(id.clone());
         }
     }
 

@@ -805,11 +805,19 @@ mod tests {
             ("always", FsyncPolicy::Always),
         ] {
             let dir = tmp();
-            let mut j = Journal::open(&dir, JournalOptions { fsync, ..Default::default() }).unwrap();
+            let mut j = Journal::open(
+                &dir,
+                JournalOptions {
+                    fsync,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             let n = 2000;
             let t = Instant::now();
             for i in 0..n {
-                j.apply(&[StoreChange::Session(session(&format!("m{i}")))]).unwrap();
+                j.apply(&[StoreChange::Session(session(&format!("m{i}")))])
+                    .unwrap();
             }
             let per = t.elapsed() / n;
             let bytes = j.journal_len() / n as u64;

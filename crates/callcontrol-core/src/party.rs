@@ -9,6 +9,15 @@
 /// Returns `user@host` of the `sip:`/`sips:` URI in a From header value, or
 /// `None` when there is no usable SIP URI (empty, `tel:`, garbage).
 pub fn from_header_party(from: &str) -> Option<String> {
+    let mut out = String::new();
+    write_party(from, &mut out)?;
+    Some(out)
+}
+
+/// Appends `user@host` (or `host`) of the From header's SIP URI to `out`.
+/// One pass over bytes and no allocation besides `out`: this runs for every
+/// `init`.
+pub(crate) fn write_party(from: &str, out: &mut String) -> Option<()> {
     let uri = extract_uri(from.trim())?;
     let rest = strip_scheme(uri)?;
     // URI headers (`?subject=..`) and URI parameters (`;transport=..`) end the
@@ -23,39 +32,45 @@ pub fn from_header_party(from: &str) -> Option<String> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return None;
     }
-    let host = host.to_ascii_lowercase();
-    match user {
-        Some(u) => {
-            // `user:password@host`: the password is not part of the party.
-            let u = u.split(':').next().unwrap_or(u);
-            if u.is_empty() || u.contains(char::is_whitespace) {
-                return None;
-            }
-            Some(format!("{u}@{host}"))
+    if let Some(u) = user {
+        // `user:password@host`: the password is not part of the party.
+        let u = u.split(':').next().unwrap_or(u);
+        if u.is_empty() || u.contains(char::is_whitespace) {
+            return None;
         }
-        None => Some(host),
+        out.reserve(u.len() + 1 + host.len());
+        out.push_str(u);
+        out.push('@');
     }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        out.push_str(&host.to_ascii_lowercase());
+    } else {
+        out.push_str(host);
+    }
+    Some(())
 }
 
 /// The URI inside a name-addr (`"Name" <uri>`) or an addr-spec (`uri;params`).
 fn extract_uri(s: &str) -> Option<&str> {
     // Skip a quoted display name, honouring backslash escapes, so that a `<`
-    // inside the quotes is not taken for the start of the URI.
+    // inside the quotes is not taken for the start of the URI. Delimiters are
+    // ASCII, so scanning bytes is safe in UTF-8.
+    let bytes = s.as_bytes();
     let mut in_quotes = false;
     let mut escaped = false;
-    for (i, c) in s.char_indices() {
+    for (i, &c) in bytes.iter().enumerate() {
         if in_quotes {
             match (escaped, c) {
                 (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_quotes = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_quotes = false,
                 _ => {}
             }
             continue;
         }
         match c {
-            '"' => in_quotes = true,
-            '<' => {
+            b'"' => in_quotes = true,
+            b'<' => {
                 let inner = &s[i + 1..];
                 let end = inner.find('>')?;
                 return Some(inner[..end].trim());
@@ -66,10 +81,8 @@ fn extract_uri(s: &str) -> Option<&str> {
     if in_quotes {
         return None;
     }
-    // addr-spec: no angle brackets, parameters after `;` belong to the header
-    // (RFC 3261 §20.10), so cut there only after the host (handled by caller);
-    // an unbracketed value must start with its scheme.
-    let s = s.trim();
+    // addr-spec without angle brackets: parameters after `;` belong to the
+    // header (RFC 3261 §20.10) and are cut after the host by the caller.
     s.split_whitespace().next()
 }
 

@@ -108,8 +108,10 @@ impl BillingParty {
                 .unwrap_or(d);
             return Ok(BillingParty::new(format!("sip:{d}")));
         }
-        crate::party::from_header_party(from)
-            .map(|uh| BillingParty::new(format!("sip:{uh}")))
+        let mut uri = String::with_capacity(from.len());
+        uri.push_str("sip:");
+        crate::party::write_party(from, &mut uri)
+            .map(|()| BillingParty::new(uri))
             .ok_or_else(|| RequestError::BadFrom(from.to_string()))
     }
 }

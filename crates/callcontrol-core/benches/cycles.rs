@@ -1,0 +1,106 @@
+//! init+start+stop cycles through the engine alone, reporting CPU time per
+//! cycle (steadier than wall time on a shared machine) and usable under
+//! `valgrind --tool=callgrind` for an instruction count that does not depend
+//! on the machine's load:
+//!
+//! `cargo bench -p callcontrol-core --bench cycles`
+//! `CYCLES=100000 BACKGROUND=100000 valgrind --tool=callgrind target/release/deps/cycles-*`
+//! (run once with CYCLES=0 and subtract: the difference over CYCLES is the
+//! instruction count of one cycle, setup excluded).
+
+use callcontrol_core::engine::Engine;
+use callcontrol_core::prelude::*;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Process CPU time (user + system) in seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn request(i: u64) -> InitRequest {
+    let mut r = InitRequest::new(
+        format!("{i:08x}-4a3b-11ef-9c3d@10.0.0.1"),
+        format!("\"User {i}\" <sip:user{}@example.com>", i % 50_000),
+        "sip:0031201234567@example.com",
+    );
+    r.from_tag = format!("{i}SIPpTag001");
+    r
+}
+
+fn main() {
+    let cycles = env("CYCLES", 1_000_000);
+    let background = env("BACKGROUND", 100_000);
+    let mut e = Engine::new(EngineConfig {
+        limit: Some(3600),
+        ..Default::default()
+    });
+    let mut now = Timestamp(1_700_000_000_000);
+    for i in 0..background {
+        let req = request(10_000_000_000 + i);
+        let id = req.call_id.clone();
+        e.handle(now, 0, Request::Init(req));
+        e.handle(
+            now,
+            0,
+            Request::Start(StartRequest {
+                call_id: id,
+                dialog_id: Some(DialogId::new(1, 2)),
+            }),
+        );
+        drop(e.take_changes());
+        while e.poll_effect().is_some() {}
+    }
+    // Requests are built in small chunks outside the timed part, as a codec
+    // would hand them over (hot in cache); only the engine work is timed.
+    let cpu0 = cpu_seconds();
+    let mut engine_wall = std::time::Duration::ZERO;
+    let mut done = 0;
+    while done < cycles {
+        let n = (cycles - done).min(256);
+        let reqs: Vec<InitRequest> = (done..done + n).map(request).collect();
+        done += n;
+        let t = std::time::Instant::now();
+        for req in reqs {
+            now = now.plus_millis(1);
+            let id = req.call_id.clone();
+            e.handle(now, 1, Request::Init(req));
+            e.handle(
+                now,
+                2,
+                Request::Start(StartRequest {
+                    call_id: id.clone(),
+                    dialog_id: Some(DialogId::new(3, 4)),
+                }),
+            );
+            e.handle(now, 3, Request::Stop { call_id: id });
+            e.handle_timeout(now);
+            drop(e.take_changes());
+            while e.poll_effect().is_some() {}
+        }
+        engine_wall += t.elapsed();
+    }
+    let cpu = cpu_seconds() - cpu0;
+    let wall = engine_wall.as_secs_f64();
+    if cycles > 0 {
+        println!("cycles: {cycles}, sessions in progress: {background}");
+        println!(
+            "engine: {:.2} us per cycle, {:.0} engine operations/s on one core",
+            wall / cycles as f64 * 1e6,
+            3.0 * cycles as f64 / wall
+        );
+        println!(
+            "process CPU per cycle, building the requests included: {:.2} us",
+            cpu / cycles as f64 * 1e6
+        );
+    }
+}
