@@ -10,6 +10,7 @@ use std::sync::Arc;
 use callcontrol_bin::web::client::{balance_with, ApiClient, BalanceArgs, ClientError};
 use callcontrol_bin::web::{bind_and_serve, ServeError, WebConfig, WebParts};
 use callcontrol_core::prelude::*;
+use callcontrol_opensips::codec::ReplyFraming;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 use web_support::*;
@@ -475,6 +476,13 @@ async fn metrics_count_the_activity_that_produced_them() {
     })
     .await;
 
+    // One request the server cannot parse.
+    let bad = p
+        .worker(2)
+        .raw(b"fly\r\ncallid: x\r\n\r\n", ReplyFraming::Line)
+        .await;
+    assert!(bad.is_ok(), "{bad:?}");
+
     let r = d.get("/metrics").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers["content-type"]
@@ -523,6 +531,10 @@ async fn metrics_count_the_activity_that_produced_them() {
     assert_eq!(
         s(r#"callcontrol_request_duration_seconds_count{command="terminate"}"#),
         0.0
+    );
+    assert_eq!(
+        s(r#"callcontrol_protocol_errors_total{kind="unknown_command"}"#),
+        1.0
     );
     assert_eq!(
         s(r#"callcontrol_request_duration_seconds_bucket{le="+Inf",command="init"}"#),

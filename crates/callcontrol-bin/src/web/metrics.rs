@@ -2,8 +2,8 @@
 //!
 //! Two kinds of metric live here:
 //! - **Observed** ones, recorded as things happen: control-socket request
-//!   latency per command (fed by the socket server's observer hook through
-//!   [`Metrics::observe_request`]), and rating engine and proxy MI requests,
+//!   latency per command and protocol errors (fed by the socket server's
+//!   hooks, see [`Metrics::instrument_server`]), and rating engine and proxy MI requests,
 //!   recorded by the [`Metrics::wrap_rating`] and [`Metrics::wrap_signalling`]
 //!   decorators around the real backends.
 //! - **Scraped** ones, computed at scrape time from the engine's
@@ -25,6 +25,8 @@ use callcontrol_core::prelude::{
     DialogRef, EndOutcome, InitReply, RatingBackend, RatingHealth, Reply, SignallingBackend,
     SignallingHealth,
 };
+use callcontrol_opensips::server::ServerConfig;
+use callcontrol_opensips::ProtocolError;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -70,6 +72,7 @@ struct Inner {
     rating_requests: Family<Labels, Counter>,
     mi_latency: HistogramFamily,
     mi_requests: Family<Labels, Counter>,
+    protocol_errors: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +90,7 @@ impl Metrics {
         let mi_latency: HistogramFamily = Family::new_with_constructor(backend_histogram);
         let rating_requests = Family::<Labels, Counter>::default();
         let mi_requests = Family::<Labels, Counter>::default();
+        let protocol_errors = Family::<Labels, Counter>::default();
         registry.register(
             "callcontrol_request_duration_seconds",
             "Time to answer a control-socket request, by command",
@@ -114,6 +118,12 @@ impl Metrics {
              not_found, ok, proxy_error, timeout, unreachable, bad_reply)",
             mi_requests.clone(),
         );
+        registry.register(
+            "callcontrol_protocol_errors",
+            "Control-socket requests that could not be parsed, by kind (too_long, not_utf8, \
+             unknown_command, bad_line, missing_key, bad_value)",
+            protocol_errors.clone(),
+        );
         for c in COMMANDS {
             // Create the series so they show up (as zero) before any traffic.
             let _ = request_latency.get_or_create(&vec![("command", c.to_string())]);
@@ -126,6 +136,7 @@ impl Metrics {
                 rating_requests,
                 mi_latency,
                 mi_requests,
+                protocol_errors,
             }),
         }
     }
@@ -155,6 +166,40 @@ impl Metrics {
     pub fn request_observer(&self) -> impl Fn(&str, Duration, &Reply) + Send + Sync + 'static {
         let m = self.clone();
         move |command, latency, reply| m.observe_request(command, latency, reply)
+    }
+
+    /// Counts one request the control socket server could not parse.
+    pub fn observe_protocol_error(&self, e: &ProtocolError) {
+        let kind = match e {
+            // `{ .. }` matches whatever fields a variant has.
+            ProtocolError::LineTooLong { .. } | ProtocolError::TooManyLines { .. } => "too_long",
+            ProtocolError::InvalidUtf8 { .. } => "not_utf8",
+            ProtocolError::UnknownCommand { .. } => "unknown_command",
+            ProtocolError::BadLine { .. } => "bad_line",
+            ProtocolError::MissingKey { .. } => "missing_key",
+            ProtocolError::BadValue { .. } => "bad_value",
+        };
+        self.inner
+            .protocol_errors
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .inc();
+    }
+
+    /// Sets the control socket server's metrics hooks (request latency per
+    /// command, protocol errors) to this registry:
+    /// `server::serve(listener, handle, metrics.instrument_server(ServerConfig::default()), stop)`.
+    pub fn instrument_server(&self, mut config: ServerConfig) -> ServerConfig {
+        let m = self.clone();
+        config.on_request = Some(Arc::new(
+            move |command: &'static str, latency, reply: &Reply| {
+                m.observe_request(command, latency, reply)
+            },
+        ));
+        let m = self.clone();
+        config.on_protocol_error = Some(Arc::new(move |e: &ProtocolError| {
+            m.observe_protocol_error(e)
+        }));
+        config
     }
 
     /// Wraps a rating backend so that each of its requests is timed and

@@ -93,11 +93,7 @@ impl Daemon {
 
         let socket = dir.path().join("callcontrol.sock");
         let listener = bind_socket(&socket, None).expect("control socket");
-        let observer = metrics.request_observer();
-        let config = ServerConfig {
-            on_request: Some(Arc::new(observer)),
-            ..Default::default()
-        };
+        let config = metrics.instrument_server(ServerConfig::default());
         tokio::spawn(callcontrol_opensips::serve(
             listener,
             handle.clone(),
