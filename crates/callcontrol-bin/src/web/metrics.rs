@@ -109,12 +109,12 @@ impl Metrics {
         );
         registry.register(
             "callcontrol_mi_request_duration_seconds",
-            "Proxy management interface (MI/RPC) request latency, by method",
+            "Proxy management interface (MI/RPC) request latency, by operation (end_dialog, list_dialogs)",
             mi_latency.clone(),
         );
         registry.register(
             "callcontrol_mi_requests",
-            "Proxy management interface (MI/RPC) requests by method and result (ended, \
+            "Proxy management interface (MI/RPC) requests by operation and result (ended, \
              not_found, ok, proxy_error, timeout, unreachable, bad_reply)",
             mi_requests.clone(),
         );
