@@ -541,7 +541,7 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
         ..ServerConfig::default()
     };
     if let Some(m) = &metrics {
-        server_cfg.on_request = Some(Arc::new(m.request_observer()));
+        server_cfg = m.instrument_server(server_cfg);
     }
     let server = {
         let (handle, stop, up) = (handle.clone(), server_stop.clone(), socket_up.clone());

@@ -111,6 +111,8 @@ struct DebitState {
     owed: OwedDebit,
     in_flight: bool,
     attempts: u32,
+    /// Not before this time (a debit the rating engine answered with an error).
+    retry_at: Option<Timestamp>,
 }
 
 /// The call-control engine. See the module docs.
@@ -127,6 +129,8 @@ pub struct Engine {
     next_debit: u64,
     debits_in_flight: usize,
     debits_paused_until: Option<Timestamp>,
+    /// The earliest `retry_at` of a debit waiting on its own.
+    debit_wakeup: Option<Timestamp>,
     effects: VecDeque<Effect>,
     /// Debit changes, in order.
     changes: Vec<StoreChange>,
@@ -151,6 +155,7 @@ impl Engine {
             next_debit: 1,
             debits_in_flight: 0,
             debits_paused_until: None,
+            debit_wakeup: None,
             effects: VecDeque::new(),
             changes: Vec::new(),
             dirty: Vec::new(),
@@ -242,11 +247,8 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(t, _)| *t);
-        let debit = self.debits_paused_until.filter(|_| !self.debits.is_empty());
-        match (timer, debit) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let paused = self.debits_paused_until.filter(|_| !self.debits.is_empty());
+        [timer, paused, self.debit_wakeup].into_iter().flatten().min()
     }
 
     /// Serves a request. The reply comes out as an [`Effect::Reply`] with
@@ -416,7 +418,7 @@ impl Engine {
                             "Rating failed for {party}, refusing the call: {e} ({})",
                             req.call_id
                         );
-                        if e == RatingError::Timeout {
+                        if matches!(e, RatingError::Timeout | RatingError::BadReply(_)) {
                             // The request may have reached the engine and
                             // counted against the account: release it.
                             self.owe_debit_for(now, &req, &party, 0);
@@ -817,7 +819,7 @@ impl Engine {
         if self.debits_paused_until.is_some_and(|t| t <= now) {
             self.debits_paused_until = None;
         }
-        self.pump_debits();
+        self.pump_debits(now);
     }
 
     fn set_deadline(&mut self, id: &CallId, deadline: Option<Timestamp>) {
@@ -928,22 +930,25 @@ impl Engine {
                 owed,
                 in_flight: false,
                 attempts: 0,
+                retry_at: None,
             },
         );
-        self.pump_debits();
+        self.pump_debits(now);
     }
 
     /// Starts owed debits, oldest first, up to the window, unless paused by a
     /// failure (then they wait, still in order, for the retry deadline).
-    fn pump_debits(&mut self) {
+    fn pump_debits(&mut self, now: Timestamp) {
         if self.debits_paused_until.is_some() {
             return;
         }
+        self.debit_wakeup = None;
         for (seq, d) in self.debits.iter_mut() {
-            if self.debits_in_flight >= self.config.debit_window.max(1) {
-                break;
+            if let Some(t) = d.retry_at.filter(|t| *t > now) {
+                self.debit_wakeup = Some(self.debit_wakeup.map_or(t, |w| w.min(t)));
+                continue;
             }
-            if d.in_flight {
+            if d.in_flight || self.debits_in_flight >= self.config.debit_window.max(1) {
                 continue;
             }
             d.in_flight = true;
@@ -984,8 +989,17 @@ impl Engine {
                     req.call_id
                 );
                 let until = now.plus_millis(delay.as_millis() as u64);
-                self.debits_paused_until =
-                    Some(self.debits_paused_until.map_or(until, |t| t.max(until)));
+                if matches!(e, RatingError::Unreachable(_) | RatingError::Timeout) {
+                    // The rating engine is out of reach: every debit waits,
+                    // so they still go out in the order owed.
+                    self.debits_paused_until =
+                        Some(self.debits_paused_until.map_or(until, |t| t.max(until)));
+                } else {
+                    // The engine answered, with an error about this debit:
+                    // retry it on its own, without holding up the others.
+                    d.retry_at = Some(until);
+                    self.pump_debits(now);
+                }
                 return;
             }
             Ok(DebitOutcome::Debited {
@@ -1034,7 +1048,7 @@ impl Engine {
         }
         self.debits.remove(&seq);
         self.changes.push(StoreChange::DebitDone(seq));
-        self.pump_debits();
+        self.pump_debits(now);
     }
 
     // ---- restart ----------------------------------------------------------
@@ -1079,10 +1093,11 @@ impl Engine {
                     owed,
                     in_flight: false,
                     attempts: 0,
+                    retry_at: None,
                 },
             );
         }
-        self.pump_debits();
+        self.pump_debits(now);
     }
 
     /// Reconciles restored sessions with the proxy's dialog list: an answered
