@@ -115,6 +115,17 @@ struct DebitState {
     retry_at: Option<Timestamp>,
 }
 
+impl DebitState {
+    fn new(owed: OwedDebit) -> Self {
+        DebitState {
+            owed,
+            in_flight: false,
+            attempts: 0,
+            retry_at: None,
+        }
+    }
+}
+
 /// The call-control engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -248,7 +259,10 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(t, _)| *t);
         let paused = self.debits_paused_until.filter(|_| !self.debits.is_empty());
-        [timer, paused, self.debit_wakeup].into_iter().flatten().min()
+        [timer, paused, self.debit_wakeup]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Serves a request. The reply comes out as an [`Effect::Reply`] with
@@ -924,15 +938,7 @@ impl Engine {
             ended: now,
         };
         self.changes.push(StoreChange::Debit(owed.clone()));
-        self.debits.insert(
-            seq,
-            DebitState {
-                owed,
-                in_flight: false,
-                attempts: 0,
-                retry_at: None,
-            },
-        );
+        self.debits.insert(seq, DebitState::new(owed));
         self.pump_debits(now);
     }
 
@@ -1087,15 +1093,7 @@ impl Engine {
                 "Restored owed debit of {} seconds for {} ({})",
                 owed.request.duration, owed.request.party, owed.request.call_id
             );
-            self.debits.insert(
-                owed.seq,
-                DebitState {
-                    owed,
-                    in_flight: false,
-                    attempts: 0,
-                    retry_at: None,
-                },
-            );
+            self.debits.insert(owed.seq, DebitState::new(owed));
         }
         self.pump_debits(now);
     }

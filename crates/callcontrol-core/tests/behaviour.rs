@@ -961,13 +961,19 @@ fn one_hundred_thousand_sessions_inserted_cancelled_and_expired() {
 
 #[test]
 fn a_debit_the_engine_answers_with_an_error_is_retried_alone_without_holding_up_others() {
-    let mut h = Harness::new(EngineConfig { debit_window: 4, ..prepaid_cfg() });
+    let mut h = Harness::new(EngineConfig {
+        debit_window: 4,
+        ..prepaid_cfg()
+    });
     started_prepaid(&mut h, "bad", 600);
     started_prepaid(&mut h, "good", 600);
     h.advance_secs(5);
     h.stop("bad");
     let d = h.take_debits();
-    h.debited(d[0].0, Err(RatingError::Engine("Error: bad parameter".into())));
+    h.debited(
+        d[0].0,
+        Err(RatingError::Engine("Error: bad parameter".into())),
+    );
     h.stop("good");
     let d = h.take_debits();
     assert_eq!(d.len(), 1, "the next debit is not held up");
@@ -975,16 +981,29 @@ fn a_debit_the_engine_answers_with_an_error_is_retried_alone_without_holding_up_
     h.debited(d[0].0, debited(None));
     h.advance_secs(1);
     let again = h.take_debits();
-    assert_eq!(again.len(), 1, "the failing one is retried after its backoff");
+    assert_eq!(
+        again.len(),
+        1,
+        "the failing one is retried after its backoff"
+    );
     assert_eq!(again[0].1.call_id.as_str(), "bad");
 }
 
 #[test]
 fn a_garbage_rating_answer_releases_the_authorisation() {
     let mut h = Harness::new(prepaid_cfg());
-    h.prepaid_init(call("c1").prepaid(true), Err(RatingError::BadReply("xx".into())));
+    h.prepaid_init(
+        call("c1").prepaid(true),
+        Err(RatingError::BadReply("xx".into())),
+    );
     assert_eq!(h.take_debits()[0].1.duration, 0);
     let mut h = Harness::new(prepaid_cfg());
-    h.prepaid_init(call("c1").prepaid(true), Err(RatingError::Unreachable("refused".into())));
-    assert!(h.take_debits().is_empty(), "never reached the engine: nothing to release");
+    h.prepaid_init(
+        call("c1").prepaid(true),
+        Err(RatingError::Unreachable("refused".into())),
+    );
+    assert!(
+        h.take_debits().is_empty(),
+        "never reached the engine: nothing to release"
+    );
 }
