@@ -14,6 +14,15 @@
 //!   [`SignallingBackend`](callcontrol_core::signalling::SignallingBackend).
 //! - [`testkit`] (feature `test-kit`): a fake OpenSIPS — workers on the
 //!   `call_control` socket and a scriptable MI endpoint.
+//!
+//! # Testing and benchmarking
+//!
+//! `cargo test -p callcontrol-opensips` runs the codec's unit and property
+//! tests and the socket tests (real Unix sockets, the real engine driver,
+//! the fake OpenSIPS). The codec also has a `cargo fuzz` target outside the
+//! workspace: `cd fuzz && cargo +nightly fuzz run codec`. The load generator
+//! `cargo run --release -p callcontrol-opensips --example loadgen` reports
+//! calls/s, latency percentiles and CPU per call (see its docs).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
