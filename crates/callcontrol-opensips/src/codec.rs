@@ -191,18 +191,33 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 /// case-insensitively; a repeated key's last value wins (as in the
 /// original's `dict`).
 pub(crate) struct Params<'a> {
-    items: [(&'a str, &'a str); MAX_LINES],
+    /// The first lines, inline: a request has at most ten, so the common
+    /// case neither allocates nor initialises much.
+    items: [(&'a str, &'a str); INLINE_PARAMS],
     len: usize,
+    /// Lines beyond `INLINE_PARAMS` (rare; bounded by `MAX_LINES`).
+    more: Vec<(&'a str, &'a str)>,
     /// The command, for error messages.
     pub(crate) command: &'static str,
 }
 
+const INLINE_PARAMS: usize = 16;
+
 impl<'a> Params<'a> {
+    fn push(&mut self, k: &'a str, v: &'a str) {
+        if self.len < INLINE_PARAMS {
+            self.items[self.len] = (k, v);
+            self.len += 1;
+        } else {
+            self.more.push((k, v));
+        }
+    }
     /// The value of `key`, if present.
     pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
-        self.items[..self.len]
+        self.more
             .iter()
             .rev()
+            .chain(self.items[..self.len].iter().rev())
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| *v)
     }
@@ -221,7 +236,10 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
             .find(|l| !l.trim_ascii().is_empty());
         ProtocolError::InvalidUtf8(command_of(first.unwrap_or_default()))
     })?;
-    let mut lines = text.split('\n').map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = text
+        .split('\n')
+        .map(str::trim_ascii)
+        .filter(|l| !l.is_empty());
     let word = lines.next().unwrap_or("");
     let command: &'static str = match word {
         w if w.eq_ignore_ascii_case("init") => "init",
@@ -232,19 +250,16 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
         w => return Err(ProtocolError::UnknownCommand(truncate(w, 64))),
     };
     let mut params = Params {
-        items: [("", ""); MAX_LINES],
+        items: [("", ""); INLINE_PARAMS],
         len: 0,
+        more: Vec::new(),
         command,
     };
     for line in lines {
         let Some((k, v)) = line.split_once(':') else {
             return Err(ProtocolError::BadLine(truncate(line, 64), command));
         };
-        // The decoder guarantees at most MAX_LINES lines per block.
-        if params.len < MAX_LINES {
-            params.items[params.len] = (k.trim(), v.trim());
-            params.len += 1;
-        }
+        params.push(k.trim_ascii(), v.trim_ascii());
     }
     match command {
         "init" => cmd::init::parse(&params),
