@@ -540,6 +540,13 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
         max_connections: 0,
         ..ServerConfig::default()
     };
+    if config.call_control.proxy == ProxyKind::Kamailio {
+        // Kamailio's module shares one pre-fork connection between all its
+        // processes unless the daemon closes it (docs/kamailio.md).
+        server_cfg.close_at_accept = Some(Arc::new(
+            callcontrol_opensips::kamailio::close_pre_fork_connection,
+        ));
+    }
     if let Some(m) = &metrics {
         server_cfg = m.instrument_server(server_cfg);
     }

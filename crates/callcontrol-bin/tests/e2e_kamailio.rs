@@ -18,8 +18,8 @@
 //! `.ci/e2e-kamailio` installs them). Without them the test prints a loud
 //! SKIPPED message and passes, unless `CALLCONTROL_E2E_REQUIRED=1`, which
 //! the CI script sets so that a missing tool fails the run. Takes ~10 s.
-//! `CALLCONTROL_E2E_KEEP=1` keeps the logs of every process (and prints
-//! where they are).
+//! The logs of every process are kept (and their place printed) when the
+//! test fails, or always with `CALLCONTROL_E2E_KEEP=1`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -353,6 +353,7 @@ fn kamailio_sipp_and_the_real_daemon() {
         .tempdir()
         .expect("temp dir");
     let dir = tmp.path().to_path_buf();
+    let _scratch = Scratch(Some(tmp));
     let run_dir = dir.join("run");
     let daemon_dir = dir.join("daemon");
     fs::create_dir_all(&run_dir).unwrap();
@@ -366,15 +367,16 @@ fn kamailio_sipp_and_the_real_daemon() {
     fs::write(
         &ini,
         format!(
-            "[CallControl]\nsocket = {}\nlimit = {LIMIT}\nproxy = kamailio\n\n[Kamailio]\nsocket_path = {}\ntimeout = 1000\n",
+            "[CallControl]\nsocket = {}\nlimit = {LIMIT}\nproxy = kamailio\n\n[Kamailio]\nsocket_path = {}\nreply_dir = {}\ntimeout = 1000\n",
             cc_socket.display(),
-            rpc_socket.display()
+            rpc_socket.display(),
+            daemon_dir.display()
         ),
     )
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_call-control"));
     cmd.args(daemon_args(&ini, &daemon_dir));
-    cmd.env("RUST_LOG", "debug").env("TMPDIR", &daemon_dir);
+    cmd.env("RUST_LOG", "debug");
     let mut daemon = Proc::spawn("call-control", &mut cmd, &dir.join("daemon.log"));
     wait_for("the daemon's socket", Duration::from_secs(10), || {
         assert!(
@@ -494,6 +496,20 @@ fn kamailio_sipp_and_the_real_daemon() {
     eprintln!("e2e: hung-up call got stop, no dlg.end_dlg; dlg.end_dlg sent {ended} times in all");
     assert_eq!(ended, 1 + CONCURRENT, "one dlg.end_dlg per limited call");
 
+    // No call but the refused one got −5 (a crossed or lost reply on the
+    // call_control socket shows up here).
+    let klog = fs::read_to_string(&rig.kamailio.log).unwrap_or_default();
+    let errors: Vec<&str> = klog
+        .lines()
+        .filter(|l| l.contains("call control: error") || l.contains("send_command"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "call_control failures in Kamailio:\n{}",
+        errors.join("\n")
+    );
+
     // Finally Kamailio must hold no dialog (ended ones linger a moment).
     let t = Instant::now();
     let mut last = Value::Null;
@@ -512,8 +528,19 @@ fn kamailio_sipp_and_the_real_daemon() {
         started.elapsed().as_secs_f64()
     );
     drop(rig);
-    if std::env::var_os("CALLCONTROL_E2E_KEEP").is_some() {
-        eprintln!("e2e: logs kept in {}", tmp.keep().display());
+}
+
+/// The test's directory; kept (and named) when the test fails or
+/// `CALLCONTROL_E2E_KEEP` is set, removed otherwise.
+struct Scratch(Option<tempfile::TempDir>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("CALLCONTROL_E2E_KEEP").is_some() {
+            if let Some(t) = self.0.take() {
+                eprintln!("e2e: logs kept in {}", t.keep().display());
+            }
+        }
     }
 }
 

@@ -236,6 +236,100 @@ pub fn parse_dialogs(result: &Value) -> Result<Vec<KamailioDialog>, SignallingEr
         .collect())
 }
 
+/// Whether a connection to the `call_control` socket was opened by
+/// Kamailio's main process before it forked its workers — and is therefore
+/// shared by all of them.
+///
+/// Kamailio's `call_control` module (5.6) connects in `child_init`, which
+/// Kamailio also runs in the main process before forking (`PROC_INIT`); the
+/// workers inherit that socket and, finding it open, never connect
+/// themselves (*observed*: one connection for 11 processes). Several
+/// processes then wait for replies on one stream and read each other's:
+/// under concurrent calls some get a wrong reply (−5 at once) or none (−5
+/// after `socket_timeout`), and each failure costs that process 10 s of
+/// −5s. Closing this one connection as soon as it is accepted fixes it: the
+/// module's first `send` in each process then fails with `EPIPE`, and it
+/// reconnects at once — a connection of its own — and sends again, so no
+/// request is lost.
+///
+/// The peer (by `SO_PEERCRED` pid) is taken for the main process unless its
+/// parent has the same command name and at least one other child of that
+/// name: workers are siblings under the main process, while the main process
+/// is a child of a shell, a supervisor, or Kamailio's daemonising parent
+/// (whose only child it is). Reads `/proc` (world-readable fields only);
+/// where that fails, answers `false` (keep the connection).
+pub fn opened_before_fork(peer_pid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let pids = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    opened_before_fork_in(peer_pid, read_proc_stat, pids)
+}
+
+/// An accept filter for the `call_control` server
+/// ([`ServerConfig::close_at_accept`](crate::server::ServerConfig::close_at_accept))
+/// that closes the connection Kamailio's main process opened before forking
+/// (see [`opened_before_fork`]).
+pub fn close_pre_fork_connection(stream: &tokio::net::UnixStream) -> bool {
+    let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
+        return false;
+    };
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    if !opened_before_fork(pid) {
+        return false;
+    }
+    info!(
+        "Closing the call_control connection Kamailio's main process (pid {pid}) opened before forking: \
+         its processes would share it; each reconnects on its own"
+    );
+    true
+}
+
+/// `(command name, parent pid)` from `/proc/<pid>/stat`.
+fn read_proc_stat(pid: u32) -> Option<(String, u32)> {
+    parse_proc_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses `pid (comm) state ppid …`; `comm` may hold spaces and parentheses.
+fn parse_proc_stat(text: &str) -> Option<(String, u32)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let ppid = text
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((comm, ppid))
+}
+
+/// [`opened_before_fork`] over any process table (for tests).
+fn opened_before_fork_in(
+    peer: u32,
+    stat: impl Fn(u32) -> Option<(String, u32)>,
+    all: impl Iterator<Item = u32>,
+) -> bool {
+    let Some((comm, parent)) = stat(peer) else {
+        return false;
+    };
+    match stat(parent) {
+        Some((parent_comm, _)) if parent_comm == comm => {}
+        // A parent we cannot see: keep the connection.
+        None => return false,
+        // Started by something else: the main process itself.
+        Some(_) => return true,
+    }
+    let siblings = all
+        .filter(|&p| p != peer)
+        .filter_map(|p| stat(p))
+        .filter(|(c, pp)| *pp == parent && *c == comm)
+        .count();
+    siblings == 0
+}
+
 /// The Kamailio signalling backend. Create it inside a tokio runtime.
 pub struct Kamailio {
     rpc: RpcClient,
@@ -521,6 +615,44 @@ mod tests {
             ..c.clone()
         };
         assert!(zero.validate().unwrap_err().contains("timeout"));
+    }
+
+    #[test]
+    fn the_pre_fork_connection_is_told_from_workers() {
+        let stat = "1234 (kamailio) S 1200 1200 4651 0 -1 4194560";
+        assert_eq!(parse_proc_stat(stat), Some(("kamailio".into(), 1200)));
+        assert_eq!(
+            parse_proc_stat("7 (a (b) c) R 3 7"),
+            Some(("a (b) c".into(), 3))
+        );
+        assert_eq!(parse_proc_stat("garbage"), None);
+
+        // 1 shell, 10 main, 11..13 workers; 20 creator, 21 daemonised main.
+        let table = |pid: u32| -> Option<(String, u32)> {
+            match pid {
+                1 => Some(("bash".into(), 0)),
+                10 => Some(("kamailio".into(), 1)),
+                11..=13 => Some(("kamailio".into(), 10)),
+                20 => Some(("kamailio".into(), 1)),
+                21 => Some(("kamailio".into(), 20)),
+                _ => None,
+            }
+        };
+        let all = || [1, 10, 11, 12, 13, 20, 21].into_iter();
+        assert!(
+            opened_before_fork_in(10, table, all()),
+            "main started by a shell"
+        );
+        assert!(!opened_before_fork_in(12, table, all()), "a worker");
+        assert!(
+            opened_before_fork_in(21, table, all()),
+            "main under its daemonising parent"
+        );
+        assert!(!opened_before_fork_in(99, table, all()), "unknown: keep");
+        // The real thing: this test process has no sibling of its name.
+        assert!(!opened_before_fork(u32::MAX));
+        let me = std::process::id();
+        let _ = opened_before_fork(me);
     }
 
     /// A fake `jsonrpcs` datagram endpoint: hands each request to the test

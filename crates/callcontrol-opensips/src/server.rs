@@ -41,6 +41,10 @@ pub type RequestObserver = Arc<dyn Fn(&'static str, Duration, &Reply) + Send + S
 /// Called for every request answered with an error reply.
 pub type ProtocolErrorObserver = Arc<dyn Fn(&ProtocolError) + Send + Sync>;
 
+/// Decides, as a connection is accepted, to close it at once (e.g.
+/// [`kamailio::close_pre_fork_connection`](crate::kamailio::close_pre_fork_connection)).
+pub type AcceptFilter = Arc<dyn Fn(&tokio::net::UnixStream) -> bool + Send + Sync>;
+
 /// Settings of the server.
 #[derive(Clone, Default)]
 pub struct ServerConfig {
@@ -51,6 +55,9 @@ pub struct ServerConfig {
     pub on_request: Option<RequestObserver>,
     /// Metrics hook, called for every protocol error.
     pub on_protocol_error: Option<ProtocolErrorObserver>,
+    /// Connections for which this answers `true` are closed as soon as
+    /// they are accepted.
+    pub close_at_accept: Option<AcceptFilter>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -59,6 +66,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_connections", &self.max_connections)
             .field("on_request", &self.on_request.is_some())
             .field("on_protocol_error", &self.on_protocol_error.is_some())
+            .field("close_at_accept", &self.close_at_accept.is_some())
             .finish()
     }
 }
@@ -144,6 +152,13 @@ pub async fn serve(
                 continue;
             }
         };
+        if config
+            .close_at_accept
+            .as_ref()
+            .is_some_and(|close| close(&stream))
+        {
+            continue;
+        }
         let (handle, config, shutdown) = (handle.clone(), config.clone(), shutdown.clone());
         tracker.spawn(async move {
             let _permit = permit;
