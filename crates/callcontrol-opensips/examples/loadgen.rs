@@ -12,7 +12,10 @@
 //! ```
 //! Options: `--connections 8,32`, `--duration 3` (seconds per run),
 //! `--runs 3` (the median is reported), `--prefill 100000` (sessions in
-//! progress before the last measurement; 0 to skip), `--no-echo`.
+//! progress before the last measurement; 0 to skip), `--no-echo`,
+//! `--server-threads N` (tokio workers of the spawned servers; 1 = a
+//! current-thread runtime), `--client-threads N`, and `--engine-only` (the
+//! engine and driver alone through the handle, no sockets).
 //!
 //! Each worker owns one connection and is strictly request → reply. Worker
 //! `k` sends the `init` of its own calls, the `start` of worker `k+1`'s calls
@@ -77,6 +80,10 @@ fn parse_args() -> Result<(Option<(PathBuf, bool, usize)>, Args), String> {
             "--runs" => a.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--prefill" => a.prefill = val()?.parse().map_err(|e| format!("--prefill: {e}"))?,
             "--no-echo" => a.echo = false,
+            "--engine-only" => {
+                runtime(1).block_on(engine_only());
+                std::process::exit(0);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -171,6 +178,60 @@ async fn echo_server(listener: UnixListener) {
             }
         });
     }
+}
+
+/// The engine and driver alone, without sockets: 8 tasks calling the
+/// handle directly, one call (init + start + stop) after the other.
+async fn engine_only() {
+    let running = driver::spawn(
+        Parts {
+            config: EngineConfig {
+                limit: Some(3600),
+                ..Default::default()
+            },
+            rating: Arc::new(NoRating),
+            signalling: Arc::new(LogSignalling),
+            store: Box::new(MemoryStore::new()),
+            clock: Arc::new(TokioClock::new()),
+        },
+        CancellationToken::new(),
+    )
+    .expect("engine");
+    let t0 = Instant::now();
+    let cpu0 = cpu_of(std::process::id());
+    let per_task = 50_000u64;
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let h = running.handle.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let Request::Init(init) = init_req("e", k, i) else {
+                    unreachable!()
+                };
+                let call_id = init.call_id.clone();
+                h.init(init).await.expect("init");
+                h.start(StartRequest {
+                    call_id: call_id.clone(),
+                    dialog_id: None,
+                })
+                .await
+                .expect("start");
+                h.stop(call_id).await.expect("stop");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let calls = 8 * per_task;
+    let cpu = cpu_of(std::process::id())
+        .zip(cpu0)
+        .map(|(b, a)| b.saturating_sub(a));
+    println!(
+        "engine only: {:.0} calls/s, {:.1} µs CPU per call",
+        calls as f64 / t0.elapsed().as_secs_f64(),
+        cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / calls as f64)
+    );
 }
 
 // ---- the client -------------------------------------------------------------
