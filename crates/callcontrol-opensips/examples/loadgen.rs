@@ -45,7 +45,10 @@ struct Args {
     server_threads: usize,
 }
 
-fn parse_args() -> Result<(Option<(PathBuf, bool, usize)>, Args), String> {
+/// `--serve`/`--serve-echo` mode: socket path, echo or not, threads.
+type ServeMode = Option<(PathBuf, bool, usize)>;
+
+fn parse_args() -> Result<(ServeMode, Args), String> {
     let mut a = Args {
         socket: None,
         pid: None,
