@@ -324,7 +324,7 @@ fn opened_before_fork_in(
     }
     let siblings = all
         .filter(|&p| p != peer)
-        .filter_map(|p| stat(p))
+        .filter_map(&stat)
         .filter(|(c, pp)| *pp == parent && *c == comm)
         .count();
     siblings == 0
