@@ -214,6 +214,7 @@ impl Events {
 
 struct Rig {
     dir: PathBuf,
+    sipp: PathBuf,
     sip_port: u16,
     rpc_socket: PathBuf,
     /// Field order matters for drop: Kamailio stops before the daemon.
@@ -236,7 +237,7 @@ impl Rig {
         let uas_log = self.dir.join(format!("{phase}-uas.log"));
         let uac_log = self.dir.join(format!("{phase}-uac.log"));
         let sipp = |scenario: &Path, port: u16, log: &Path| {
-            let mut c = Command::new("sipp");
+            let mut c = Command::new(&self.sipp);
             c.arg("-sf").arg(scenario);
             c.args(["-i", "127.0.0.1", "-p", &port.to_string()]);
             c.args([
@@ -333,7 +334,7 @@ fn assert_cut_in_time(what: &str, cuts: &BTreeMap<String, f64>) {
 #[test]
 fn kamailio_sipp_and_the_real_daemon() {
     let required = std::env::var("CALLCONTROL_E2E_REQUIRED").is_ok_and(|v| v == "1");
-    let (Some(kamailio), Some(_sipp)) = (which("kamailio"), which("sipp")) else {
+    let (Some(kamailio), Some(sipp)) = (which("kamailio"), which("sipp")) else {
         let msg = "\n\n\
             ************************************************************************\n\
             ***  SKIPPED: Kamailio end-to-end test — `kamailio` and/or `sipp` are  ***\n\
@@ -417,6 +418,7 @@ fn kamailio_sipp_and_the_real_daemon() {
 
     let rig = Rig {
         dir: dir.clone(),
+        sipp,
         sip_port,
         rpc_socket,
         kamailio,
