@@ -129,9 +129,12 @@
       state.fetchedAt = performance.now();
       state.gone.clear();
       render();
-      if ($("message").className === "message" && !$("message").hidden) say("");
+      // Clear only a message left by a failed refresh, not the answer to
+      // something the operator did (a refused amount, a terminate error).
+      if (state.loadFailed) { state.loadFailed = false; say(""); }
     } catch (e) {
       handleError(e);
+      state.loadFailed = true;
     } finally {
       state.loads += 1;
       document.body.dataset.loads = String(state.loads);

@@ -486,10 +486,10 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
     let answered = saved
         .sessions
         .iter()
-        .filter(|s| s.state == SessionState::InProgress)
+        .filter(|s| matches!(s.state, SessionState::InProgress | SessionState::Pending))
         .count();
     if let (Some(down_since), true) = (recovery.down_since, answered > 0) {
-        match tokio::time::timeout(Duration::from_secs(3), signalling.list_dialogs()).await {
+        match tokio::time::timeout(Duration::from_secs(3), signalling.list_live_dialogs()).await {
             Ok(Ok(Some(live))) => {
                 info!(
                     "The proxy has {} dialogs; reconciling {answered} restored calls",

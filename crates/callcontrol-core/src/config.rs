@@ -33,6 +33,10 @@ pub struct EngineConfig {
     pub stale_timeout: Duration,
     /// How long an `init` waits for the rating engine before the policy applies.
     pub rating_timeout: Duration,
+    /// The most an `init` reply may take, whatever `rating_timeout` says:
+    /// the proxy gives up after 500 ms (and disables the worker for 10 s),
+    /// so the policy must be applied before then.
+    pub init_reply_budget: Duration,
     /// What a prepaid `init` gets when rating fails.
     pub rating_failure: RatingFailurePolicy,
     /// Debits in flight at once (they still start in the order owed).
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             setup_timeout: Duration::from_secs(90),
             stale_timeout: Duration::from_secs(24 * 3600),
             rating_timeout: Duration::from_millis(500),
+            init_reply_budget: Duration::from_millis(450),
             rating_failure: RatingFailurePolicy::Reject,
             debit_window: 8,
             retry_min: Duration::from_secs(1),

@@ -22,7 +22,7 @@ use crate::error::{DriverError, RatingError, SignallingError, StoreError};
 use crate::rating::{Authorisation, DebitOutcome, RatingBackend};
 use crate::request::{Found, InitReply, InitRequest, Reply, Request, StartRequest};
 use crate::session::SessionInfo;
-use crate::signalling::{EndOutcome, SignallingBackend};
+use crate::signalling::{EndOutcome, LiveDialog, SignallingBackend};
 use crate::store::SessionStore;
 use crate::types::{CallId, Timestamp};
 
@@ -182,8 +182,8 @@ pub fn spawn(parts: Parts, shutdown: CancellationToken) -> Result<Running, Store
 /// What the proxy said at start-up, for [`spawn_reconciled`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reconcile {
-    /// The Call-IDs of the dialogs the proxy has now.
-    pub live: Vec<CallId>,
+    /// The dialogs the proxy has now.
+    pub live: Vec<LiveDialog>,
     /// The last moment the previous run was known to be alive.
     pub down_since: Timestamp,
 }
@@ -209,7 +209,7 @@ pub fn spawn_reconciled(
     }
     engine.restore(now, snapshot);
     if let Some(r) = reconcile {
-        engine.reconcile(now, &r.live, r.down_since);
+        engine.reconcile_dialogs(now, &r.live, r.down_since);
     }
     let (tx, rx) = mpsc::channel(4096);
     let driver = Driver {
@@ -368,7 +368,13 @@ impl Driver {
                 Effect::Authorise { op, request } => {
                     let rating = self.rating.clone();
                     let events = self.events.0.clone();
-                    let timeout = self.engine.config().rating_timeout;
+                    let config = self.engine.config();
+                    // An `init` waits for this answer: keep inside the proxy's 500 ms.
+                    let timeout = if request.connected {
+                        config.rating_timeout
+                    } else {
+                        config.rating_timeout.min(config.init_reply_budget)
+                    };
                     tokio::spawn(async move {
                         let r =
                             match tokio::time::timeout(timeout, rating.authorise(&request)).await {

@@ -21,7 +21,7 @@ use crate::rating::{
 };
 use crate::request::{Found, InitReply, InitRequest, Reply, Request, StartRequest};
 use crate::session::{Session, SessionInfo};
-use crate::signalling::{DialogRef, EndOutcome};
+use crate::signalling::{DialogRef, EndOutcome, LiveDialog};
 use crate::store::{OwedDebit, Snapshot, StoreChange};
 use crate::types::{BillingParty, CallId, DialogId, SessionState, Timestamp};
 
@@ -259,7 +259,9 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(t, _)| *t);
         let paused = self.debits_paused_until.filter(|_| !self.debits.is_empty());
-        [timer, paused, self.debit_wakeup]
+        // While every debit is paused, single retries wait for the pause too.
+        let wakeup = self.debit_wakeup.filter(|_| self.debits_paused_until.is_none());
+        [timer, paused, wakeup]
             .into_iter()
             .flatten()
             .min()
@@ -366,6 +368,15 @@ impl Engine {
                     self.owe_debit(now, &old, 0);
                 }
             }
+        }
+        if req.prepaid.is_prepaid() && rated_request_len(&req, &party) > MAX_RATED_REQUEST {
+            // The rating engine reads at most 4 KiB per request: a longer one
+            // would be split in two and answered twice (see PROTOCOLS.md §5).
+            error!(
+                "Refused prepaid call from {party}: its Call-ID and URIs are too long to rate                  ({} bytes)",
+                req.call_id
+            );
+            return self.reply_init(token, InitReply::Error);
         }
         if req.prepaid.is_prepaid() {
             let op = self.next_op;
@@ -1026,7 +1037,8 @@ impl Engine {
                 }
                 if let Some(n) = max_session_time {
                     let (party, id) = (req.party.clone(), req.call_id.clone());
-                    self.reset_party(now, &party, n, &id);
+                    let cap = self.config.prepaid_cap();
+                    self.reset_party(now, &party, n.min(cap), &id);
                 }
             }
             Ok(DebitOutcome::Failed { reason }) => {
@@ -1103,6 +1115,49 @@ impl Engine {
     /// down. It is debited for the time it is known to have run (until
     /// `down_since`, capped by its limit), which never overcharges.
     pub fn reconcile(&mut self, now: Timestamp, live: &[CallId], down_since: Timestamp) {
+        self.reconcile_dialogs(
+            now,
+            &live
+                .iter()
+                .map(|c| LiveDialog { call_id: c.clone(), dialog_id: None, answered: None })
+                .collect::<Vec<_>>(),
+            down_since,
+        )
+    }
+
+    /// [`Engine::reconcile`] with the dialogs' states: a restored session
+    /// still pending whose dialog the proxy lists as answered (its `start`
+    /// was lost while the daemon was down) is started at its real answer
+    /// time, so it is limited and charged like any other call.
+    pub fn reconcile_dialogs(&mut self, now: Timestamp, live: &[LiveDialog], down_since: Timestamp) {
+        for d in live {
+            let Some(answered) = d.answered else { continue };
+            let Some(s) = self.sessions.get_mut(&d.call_id) else { continue };
+            if s.state != SessionState::Pending {
+                continue;
+            }
+            s.state = SessionState::InProgress;
+            s.answered = Some(answered);
+            s.dialog_id = d.dialog_id.or(s.dialog_id);
+            let deadline = match s.limit {
+                Some(l) => answered.plus_secs(l),
+                None => answered.plus_millis(self.config.stale_timeout.as_millis() as u64),
+            };
+            warn!(
+                "Call from {} to {} was answered while call control was down; timing it from                  its answer ({})",
+                s.party.user_host(),
+                s.ruri,
+                d.call_id
+            );
+            let id = d.call_id.clone();
+            self.set_deadline(&id, Some(deadline));
+            self.persist(&id);
+        }
+        let live: Vec<CallId> = live.iter().map(|d| d.call_id.clone()).collect();
+        self.reconcile_ended(now, &live, down_since);
+    }
+
+    fn reconcile_ended(&mut self, now: Timestamp, live: &[CallId], down_since: Timestamp) {
         let live: std::collections::HashSet<&CallId> = live.iter().collect();
         let gone: Vec<CallId> = self
             .sessions
@@ -1125,6 +1180,19 @@ impl Engine {
             }
         }
     }
+}
+
+/// The longest Call-ID + party + R-URI + source IP (bytes) of a prepaid call:
+/// the rating engine takes each read of at most 4096 bytes as one request,
+/// and rating clients may escape bytes (up to 3x).
+pub const MAX_RATED_REQUEST: usize = 1200;
+
+fn rated_request_len(req: &InitRequest, party: &BillingParty) -> usize {
+    req.call_id.as_str().len()
+        + party.as_str().len()
+        + req.ruri.len()
+        + req.source_ip.len()
+        + req.sip_application.as_deref().map_or(0, str::len)
 }
 
 /// Seconds a session has run at `now`, capped by its limit.

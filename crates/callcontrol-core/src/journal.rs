@@ -185,6 +185,9 @@ struct Inner {
     dirty: bool,
     last_write: Instant,
     closed: bool,
+    /// A write failed: the journal on disk misses a batch the mirror has, so
+    /// the next apply writes a whole snapshot first.
+    must_compact: bool,
 }
 
 /// The durable session store. See the module docs.
@@ -244,6 +247,7 @@ impl Journal {
             dirty: false,
             last_write: Instant::now(),
             closed: false,
+            must_compact: false,
         };
         // Start from a fresh snapshot and an empty journal, remembering when
         // the previous run was last alive.
@@ -313,11 +317,21 @@ impl SessionStore for Journal {
             return Ok(());
         }
         let mut inner = lock(&self.inner);
-        inner.append(&Record::Changes {
+        let appended = inner.append(&Record::Changes {
             at: wall_ms(),
             changes: changes.to_vec(),
-        })?;
+        });
+        // The mirror takes the batch whatever happened on disk, so that the
+        // snapshot written below (or at the next apply) contains it.
         inner.mirror.apply(changes)?;
+        if let Err(e) = appended {
+            log::error!("Session journal write failed, writing a full snapshot instead: {e}");
+            inner.must_compact = true;
+        }
+        if inner.must_compact {
+            inner.compact(false, None)?;
+            inner.must_compact = false;
+        }
         if inner.opts.fsync == FsyncPolicy::Always {
             inner.file.sync_data()?;
             inner.dirty = false;
@@ -360,7 +374,12 @@ impl Inner {
     /// Appends one record with a single `write()`.
     fn append(&mut self, record: &Record) -> Result<(), StoreError> {
         let buf = encode_record(record)?;
-        self.file.write_all(&buf)?;
+        if let Err(e) = self.file.write_all(&buf) {
+            // Cut a partly written record, so that later records are not
+            // appended after a torn one (replay stops at the first bad record).
+            let _ = self.file.set_len(self.len);
+            return Err(e.into());
+        }
         self.len += buf.len() as u64;
         self.dirty = true;
         self.last_write = Instant::now();

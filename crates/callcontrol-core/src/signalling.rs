@@ -16,6 +16,17 @@ pub struct DialogRef {
     pub dialog_id: Option<DialogId>,
 }
 
+/// A dialog the proxy has, as listed for reconciliation after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveDialog {
+    /// The SIP Call-ID.
+    pub call_id: CallId,
+    /// The dialog id, when the listing gives it.
+    pub dialog_id: Option<DialogId>,
+    /// When the dialog was confirmed (answered), when the listing says so.
+    pub answered: Option<crate::types::Timestamp>,
+}
+
 /// How an end-dialog request went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EndOutcome {
@@ -63,6 +74,17 @@ pub trait SignallingBackend: Send + Sync + 'static {
     /// a restart; `Ok(None)` when the backend cannot list dialogs.
     async fn list_dialogs(&self) -> Result<Option<Vec<CallId>>, SignallingError> {
         Ok(None)
+    }
+
+    /// Like [`SignallingBackend::list_dialogs`], with each dialog's state
+    /// when the proxy gives it: a call answered while the daemon was down
+    /// (its `start` lost) is then timed from its real answer.
+    async fn list_live_dialogs(&self) -> Result<Option<Vec<LiveDialog>>, SignallingError> {
+        Ok(self.list_dialogs().await?.map(|ids| {
+            ids.into_iter()
+                .map(|call_id| LiveDialog { call_id, dialog_id: None, answered: None })
+                .collect()
+        }))
     }
 
     /// Health, for monitoring.

@@ -1007,3 +1007,68 @@ fn a_garbage_rating_answer_releases_the_authorisation() {
         "never reached the engine: nothing to release"
     );
 }
+
+#[test]
+fn single_debit_retries_wait_for_a_global_pause_without_spinning() {
+    let mut h = Harness::new(EngineConfig { debit_window: 4, ..prepaid_cfg() });
+    started_prepaid(&mut h, "a", 600);
+    started_prepaid(&mut h, "b", 600);
+    h.advance_secs(5);
+    h.stop("a");
+    h.stop("b");
+    let d = h.take_debits();
+    assert_eq!(d.len(), 2);
+    h.debited(d[0].0, Err(RatingError::Engine("Error: x".into())));
+    h.debited(d[1].0, Err(RatingError::Timeout));
+    // Past the single retry time but inside the pause: nothing is due.
+    let mut wakeups = 0;
+    while let Some(next) = h.engine.poll_timeout() {
+        wakeups += 1;
+        assert!(wakeups < 10, "the engine would spin at {next:?}");
+        h.now = next;
+        h.engine.handle_timeout(next);
+        assert!(h.engine.poll_timeout().is_none_or(|t| t > next), "due again at once");
+    }
+    h.pending.extend(std::iter::from_fn(|| h.engine.poll_effect()));
+    assert_eq!(h.take_debits().len(), 2, "both retried once the pause is over");
+}
+
+#[test]
+fn a_pending_session_answered_while_the_daemon_was_down_is_timed_from_its_answer() {
+    let mut h = Harness::new(prepaid_cfg());
+    h.prepaid_init(call("c1").prepaid(true), Ok(Authorisation::prepaid(600)));
+    let snapshot = h.store.snapshot();
+    let answered = h.now.plus_secs(2);
+    let mut h2 = Harness::new(prepaid_cfg());
+    h2.now = h.now.plus_secs(30);
+    h2.engine.restore(h2.now, snapshot);
+    let live = [LiveDialog { call_id: CallId::new("c1"), dialog_id: Some(DialogId::new(5, 6)), answered: Some(answered) }];
+    h2.engine.reconcile_dialogs(h2.now, &live, h.now);
+    assert_eq!(h2.state_of("c1"), Some(SessionState::InProgress));
+    assert_eq!(h2.deadline_of("c1"), Some(answered.plus_secs(600)));
+    h2.advance_secs(600);
+    assert_eq!(h2.take_ends()[0].dialog_id, Some(DialogId::new(5, 6)));
+    assert_eq!(h2.take_debits()[0].1.duration, 600);
+}
+
+#[test]
+fn a_prepaid_call_too_long_to_rate_is_refused() {
+    let mut h = Harness::new(prepaid_cfg());
+    let long = format!("{}@h", "x".repeat(2000));
+    assert_eq!(h.init(call(&long).prepaid(true)), Some(InitReply::Error));
+    assert!(h.take_authorisations().is_empty());
+    // Not prepaid: not rated, so not limited by the rating engine's buffer.
+    let mut h = Harness::fixed(Some(60));
+    assert_eq!(h.init_now(call(&long)), InitReply::Limited);
+}
+
+#[test]
+fn a_debit_reply_shared_limit_is_capped_by_prepaid_limit() {
+    let mut h = Harness::new(EngineConfig { prepaid_limit: Some(1000), ..Default::default() });
+    started_prepaid(&mut h, "c1", 1000);
+    started_prepaid(&mut h, "c2", 1000);
+    h.stop("c1");
+    let d = h.take_debits();
+    h.debited(d[0].0, debited(Some(50_000)));
+    assert_eq!(h.deadline_of("c2"), Some(h.now.plus_secs(1000)));
+}

@@ -649,6 +649,17 @@ impl SignallingBackend for MeteredSignalling {
         });
         r
     }
+    async fn list_live_dialogs(
+        &self,
+    ) -> Result<Option<Vec<callcontrol_core::signalling::LiveDialog>>, SignallingError> {
+        let t = self.timed("list_dialogs");
+        let r = self.inner.list_live_dialogs().await;
+        t.finish(match &r {
+            Ok(_) => "ok",
+            Err(e) => signalling_error(e),
+        });
+        r
+    }
     fn health(&self) -> Option<SignallingHealth> {
         self.inner.health()
     }
