@@ -18,15 +18,26 @@ struct Wallets {
 #[async_trait::async_trait]
 impl RatingBackend for Wallets {
     async fn authorise(&self, req: &AuthoriseRequest) -> Result<Authorisation, RatingError> {
-        let balances = self.balances.lock().map_err(|_| RatingError::Engine("poisoned".into()))?;
+        let balances = self
+            .balances
+            .lock()
+            .map_err(|_| RatingError::Engine("poisoned".into()))?;
         let Some(balance) = balances.get(req.party.user_host()) else {
-            return Ok(Authorisation { limit: RatedLimit::Unlimited, account: Some(AccountType::Postpaid) });
+            return Ok(Authorisation {
+                limit: RatedLimit::Unlimited,
+                account: Some(AccountType::Postpaid),
+            });
         };
-        Ok(Authorisation::prepaid((balance / self.rate).min(req.max_duration)))
+        Ok(Authorisation::prepaid(
+            (balance / self.rate).min(req.max_duration),
+        ))
     }
 
     async fn debit(&self, req: &DebitRequest) -> Result<DebitOutcome, RatingError> {
-        let mut balances = self.balances.lock().map_err(|_| RatingError::Engine("poisoned".into()))?;
+        let mut balances = self
+            .balances
+            .lock()
+            .map_err(|_| RatingError::Engine("poisoned".into()))?;
         let Some(balance) = balances.get_mut(req.party.user_host()) else {
             return Ok(DebitOutcome::NotPrepaid);
         };
@@ -57,12 +68,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         shutdown.clone(),
     )?;
-    let req = InitRequest::new("c1@example.com", "<sip:alice@example.com>", "sip:bob@example.com").prepaid(true);
-    println!("alice (10.00): {}", running.handle.init(req).await?.as_str());
-    let s = running.handle.show("c1@example.com").await?.ok_or("no session")?;
+    let req = InitRequest::new(
+        "c1@example.com",
+        "<sip:alice@example.com>",
+        "sip:bob@example.com",
+    )
+    .prepaid(true);
+    println!(
+        "alice (10.00): {}",
+        running.handle.init(req).await?.as_str()
+    );
+    let s = running
+        .handle
+        .show("c1@example.com")
+        .await?
+        .ok_or("no session")?;
     println!("limit: {:?} seconds", s.limit);
-    let req = InitRequest::new("c2@example.com", "<sip:bob@example.com>", "sip:alice@example.com").prepaid(true);
-    println!("bob (no wallet): {}", running.handle.init(req).await?.as_str());
+    let req = InitRequest::new(
+        "c2@example.com",
+        "<sip:bob@example.com>",
+        "sip:alice@example.com",
+    )
+    .prepaid(true);
+    println!(
+        "bob (no wallet): {}",
+        running.handle.init(req).await?.as_str()
+    );
     shutdown.cancel();
     running.task.await??;
     Ok(())

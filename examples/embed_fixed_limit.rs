@@ -19,7 +19,10 @@ struct PrintSignalling;
 #[async_trait::async_trait]
 impl SignallingBackend for PrintSignalling {
     async fn end_dialog(&self, d: &DialogRef) -> Result<EndOutcome, SignallingError> {
-        println!("limit reached: ending dialog {:?} of call {}", d.dialog_id, d.call_id);
+        println!(
+            "limit reached: ending dialog {:?} of call {}",
+            d.dialog_id, d.call_id
+        );
         Ok(EndOutcome::Ended)
     }
 }
@@ -30,7 +33,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let running = driver::spawn(
         Parts {
             // Non-prepaid calls get `limit`; prepaid ones ask the rating backend.
-            config: EngineConfig { limit: Some(2), ..Default::default() },
+            config: EngineConfig {
+                limit: Some(2),
+                ..Default::default()
+            },
             rating: Arc::new(FixedLimit::new(Some(2))),
             signalling: Arc::new(PrintSignalling),
             store: Box::new(MemoryStore::new()),
@@ -41,14 +47,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = running.handle;
 
     for (id, prepaid) in [("call-1@example.com", false), ("call-2@example.com", true)] {
-        let req = InitRequest::new(id, "\"Alice\" <sip:alice@example.com>", "sip:bob@example.com")
-            .prepaid(prepaid);
+        let req = InitRequest::new(
+            id,
+            "\"Alice\" <sip:alice@example.com>",
+            "sip:bob@example.com",
+        )
+        .prepaid(prepaid);
         println!("init {id}: {}", engine.init(req).await?.as_str());
-        let start = StartRequest { call_id: CallId::new(id), dialog_id: Some(DialogId::new(1, 2)) };
+        let start = StartRequest {
+            call_id: CallId::new(id),
+            dialog_id: Some(DialogId::new(1, 2)),
+        };
         println!("start {id}: {:?}", engine.start(start).await?);
     }
     for s in engine.list(None).await? {
-        println!("{} of {}: {} (limit {:?} s)", s.call_id, s.user, s.state, s.limit);
+        println!(
+            "{} of {}: {} (limit {:?} s)",
+            s.call_id, s.user, s.state, s.limit
+        );
     }
     tokio::time::sleep(Duration::from_millis(2200)).await;
     // The proxy confirms the end of each dialog with `stop`.

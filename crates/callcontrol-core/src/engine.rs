@@ -260,11 +260,10 @@ impl Engine {
         let timer = self.timers.first().map(|(t, _)| *t);
         let paused = self.debits_paused_until.filter(|_| !self.debits.is_empty());
         // While every debit is paused, single retries wait for the pause too.
-        let wakeup = self.debit_wakeup.filter(|_| self.debits_paused_until.is_none());
-        [timer, paused, wakeup]
-            .into_iter()
-            .flatten()
-            .min()
+        let wakeup = self
+            .debit_wakeup
+            .filter(|_| self.debits_paused_until.is_none());
+        [timer, paused, wakeup].into_iter().flatten().min()
     }
 
     /// Serves a request. The reply comes out as an [`Effect::Reply`] with
@@ -1119,7 +1118,11 @@ impl Engine {
             now,
             &live
                 .iter()
-                .map(|c| LiveDialog { call_id: c.clone(), dialog_id: None, answered: None })
+                .map(|c| LiveDialog {
+                    call_id: c.clone(),
+                    dialog_id: None,
+                    answered: None,
+                })
                 .collect::<Vec<_>>(),
             down_since,
         )
@@ -1129,10 +1132,17 @@ impl Engine {
     /// still pending whose dialog the proxy lists as answered (its `start`
     /// was lost while the daemon was down) is started at its real answer
     /// time, so it is limited and charged like any other call.
-    pub fn reconcile_dialogs(&mut self, now: Timestamp, live: &[LiveDialog], down_since: Timestamp) {
+    pub fn reconcile_dialogs(
+        &mut self,
+        now: Timestamp,
+        live: &[LiveDialog],
+        down_since: Timestamp,
+    ) {
         for d in live {
             let Some(answered) = d.answered else { continue };
-            let Some(s) = self.sessions.get_mut(&d.call_id) else { continue };
+            let Some(s) = self.sessions.get_mut(&d.call_id) else {
+                continue;
+            };
             if s.state != SessionState::Pending {
                 continue;
             }

@@ -82,7 +82,11 @@ pub trait SignallingBackend: Send + Sync + 'static {
     async fn list_live_dialogs(&self) -> Result<Option<Vec<LiveDialog>>, SignallingError> {
         Ok(self.list_dialogs().await?.map(|ids| {
             ids.into_iter()
-                .map(|call_id| LiveDialog { call_id, dialog_id: None, answered: None })
+                .map(|call_id| LiveDialog {
+                    call_id,
+                    dialog_id: None,
+                    answered: None,
+                })
                 .collect()
         }))
     }

@@ -1010,7 +1010,10 @@ fn a_garbage_rating_answer_releases_the_authorisation() {
 
 #[test]
 fn single_debit_retries_wait_for_a_global_pause_without_spinning() {
-    let mut h = Harness::new(EngineConfig { debit_window: 4, ..prepaid_cfg() });
+    let mut h = Harness::new(EngineConfig {
+        debit_window: 4,
+        ..prepaid_cfg()
+    });
     started_prepaid(&mut h, "a", 600);
     started_prepaid(&mut h, "b", 600);
     h.advance_secs(5);
@@ -1027,10 +1030,18 @@ fn single_debit_retries_wait_for_a_global_pause_without_spinning() {
         assert!(wakeups < 10, "the engine would spin at {next:?}");
         h.now = next;
         h.engine.handle_timeout(next);
-        assert!(h.engine.poll_timeout().is_none_or(|t| t > next), "due again at once");
+        assert!(
+            h.engine.poll_timeout().is_none_or(|t| t > next),
+            "due again at once"
+        );
     }
-    h.pending.extend(std::iter::from_fn(|| h.engine.poll_effect()));
-    assert_eq!(h.take_debits().len(), 2, "both retried once the pause is over");
+    h.pending
+        .extend(std::iter::from_fn(|| h.engine.poll_effect()));
+    assert_eq!(
+        h.take_debits().len(),
+        2,
+        "both retried once the pause is over"
+    );
 }
 
 #[test]
@@ -1042,7 +1053,11 @@ fn a_pending_session_answered_while_the_daemon_was_down_is_timed_from_its_answer
     let mut h2 = Harness::new(prepaid_cfg());
     h2.now = h.now.plus_secs(30);
     h2.engine.restore(h2.now, snapshot);
-    let live = [LiveDialog { call_id: CallId::new("c1"), dialog_id: Some(DialogId::new(5, 6)), answered: Some(answered) }];
+    let live = [LiveDialog {
+        call_id: CallId::new("c1"),
+        dialog_id: Some(DialogId::new(5, 6)),
+        answered: Some(answered),
+    }];
     h2.engine.reconcile_dialogs(h2.now, &live, h.now);
     assert_eq!(h2.state_of("c1"), Some(SessionState::InProgress));
     assert_eq!(h2.deadline_of("c1"), Some(answered.plus_secs(600)));
@@ -1064,7 +1079,10 @@ fn a_prepaid_call_too_long_to_rate_is_refused() {
 
 #[test]
 fn a_debit_reply_shared_limit_is_capped_by_prepaid_limit() {
-    let mut h = Harness::new(EngineConfig { prepaid_limit: Some(1000), ..Default::default() });
+    let mut h = Harness::new(EngineConfig {
+        prepaid_limit: Some(1000),
+        ..Default::default()
+    });
     started_prepaid(&mut h, "c1", 1000);
     started_prepaid(&mut h, "c2", 1000);
     h.stop("c1");

@@ -244,9 +244,18 @@ async fn mocked_rating_backend_is_asked_exactly_once_per_prepaid_init() {
 
 #[tokio::test(start_paused = true)]
 async fn init_reply_keeps_inside_the_proxys_500_ms_whatever_the_rating_timeout() {
-    let r = rig(EngineConfig { rating_timeout: Duration::from_secs(2), ..Default::default() });
-    r.rating.set_default_authorise(Scripted::after(Duration::from_secs(1), Ok(Authorisation::prepaid(60))));
+    let r = rig(EngineConfig {
+        rating_timeout: Duration::from_secs(2),
+        ..Default::default()
+    });
+    r.rating.set_default_authorise(Scripted::after(
+        Duration::from_secs(1),
+        Ok(Authorisation::prepaid(60)),
+    ));
     let started = tokio::time::Instant::now();
-    assert_eq!(r.handle.init(call("c1").prepaid(true)).await.unwrap(), InitReply::Error);
+    assert_eq!(
+        r.handle.init(call("c1").prepaid(true)).await.unwrap(),
+        InitReply::Error
+    );
     assert_eq!(started.elapsed(), Duration::from_millis(450));
 }
