@@ -27,8 +27,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use callcontrol_core::error::SignallingError;
-use callcontrol_core::signalling::{DialogRef, EndOutcome, SignallingBackend, SignallingHealth};
-use callcontrol_core::types::{CallId, DialogId};
+use callcontrol_core::signalling::{
+    DialogRef, EndOutcome, LiveDialog, SignallingBackend, SignallingHealth,
+};
+use callcontrol_core::types::{CallId, DialogId, Timestamp};
 
 use crate::error::RpcError;
 use crate::jsonrpc::RpcClient;
@@ -145,6 +147,16 @@ pub fn reverse_hex(n: u32) -> String {
 /// The DID string of OpenSIPS ≥ 3.1: `R(h_entry).R(h_id)`.
 pub fn did(d: DialogId) -> String {
     format!("{}.{}", reverse_hex(d.h_entry), reverse_hex(d.h_id))
+}
+
+/// Parses a DID string `R(h_entry).R(h_id)` back into a dialog id.
+pub fn parse_did(s: &str) -> Option<DialogId> {
+    let (e, i) = s.split_once('.')?;
+    let unhex = |r: &str| {
+        let fwd: String = r.chars().rev().collect();
+        u32::from_str_radix(&fwd, 16).ok()
+    };
+    Some(DialogId::new(unhex(e)?, unhex(i)?))
 }
 
 /// The id to send for a dialog in a (non-auto) format; the Call-ID when the
@@ -402,14 +414,39 @@ impl SignallingBackend for MiClient {
     }
 
     async fn list_dialogs(&self) -> Result<Option<Vec<CallId>>, SignallingError> {
-        let v = self.call("dlg_list", Value::Null).await.map_err(|e| {
-            error!(
-                "dlg_list through OpenSIPS MI {} failed: {e}",
-                self.rpc.address()
-            );
-            SignallingError::from(e)
-        })?;
-        Ok(Some(parse_dialog_list(&v)))
+        Ok(self
+            .list_live_dialogs()
+            .await?
+            .map(|v| v.into_iter().map(|d| d.call_id).collect()))
+    }
+
+    /// `dlg_list` page by page (`index`/`counter`: a whole list of many
+    /// dialogs would not fit in one datagram).
+    async fn list_live_dialogs(&self) -> Result<Option<Vec<LiveDialog>>, SignallingError> {
+        let mut all = Vec::new();
+        let mut index = 0usize;
+        for _ in 0..MAX_PAGES {
+            let params = json!({"index": index, "counter": PAGE});
+            let v = self.call("dlg_list", params).await.map_err(|e| {
+                error!(
+                    "dlg_list through OpenSIPS MI {} failed: {e}",
+                    self.rpc.address()
+                );
+                SignallingError::from(e)
+            })?;
+            let page = v
+                .get("Dialogs")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let total = v.get("count").and_then(Value::as_u64).unwrap_or(0) as usize;
+            all.extend(parse_dialog_list(&v));
+            index += page;
+            if page < PAGE || index >= total {
+                return Ok(Some(all));
+            }
+        }
+        warn!("dlg_list: stopped after {MAX_PAGES} pages");
+        Ok(Some(all))
     }
 
     fn health(&self) -> Option<SignallingHealth> {
@@ -421,20 +458,49 @@ impl SignallingBackend for MiClient {
     }
 }
 
-/// The Call-IDs of a `dlg_list` result, leaving out deleted dialogs
-/// (state 5, which linger a few seconds after they end).
-pub fn parse_dialog_list(v: &Value) -> Vec<CallId> {
-    v.get("Dialogs")
-        .and_then(Value::as_array)
-        .map(|dialogs| {
-            dialogs
-                .iter()
-                .filter(|d| d.get("state").and_then(Value::as_u64) != Some(5))
-                .filter_map(|d| d.get("callid").and_then(Value::as_str))
-                .map(CallId::new)
-                .collect()
+/// Dialogs per `dlg_list` page (about 30 KB of JSON: one datagram).
+const PAGE: usize = 100;
+/// At most this many pages (a million dialogs).
+const MAX_PAGES: usize = 10_000;
+
+/// The dialogs of a `dlg_list` result, leaving out deleted ones (state 5,
+/// which linger a few seconds after they end). The dialog id comes from
+/// `db_id` (decimal) or `ID` (DID string); a dialog in state 3 or 4
+/// (confirmed) with a `timestart` is answered at that time.
+pub fn parse_dialog_list(v: &Value) -> Vec<LiveDialog> {
+    let Some(dialogs) = v.get("Dialogs").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    dialogs
+        .iter()
+        .filter_map(|d| {
+            let state = d.get("state").and_then(Value::as_u64).unwrap_or(0);
+            if state == 5 {
+                return None;
+            }
+            let call_id = CallId::new(d.get("callid").and_then(Value::as_str)?);
+            let dialog_id = d
+                .get("db_id")
+                .and_then(|v| match v {
+                    Value::String(s) => DialogId::parse(s).ok(),
+                    Value::Number(n) => n
+                        .as_u64()
+                        .map(|n| DialogId::new((n >> 32) as u32, n as u32)),
+                    _ => None,
+                })
+                .or_else(|| d.get("ID").and_then(Value::as_str).and_then(parse_did));
+            let answered = d
+                .get("timestart")
+                .and_then(Value::as_u64)
+                .filter(|&t| t > 0 && (state == 3 || state == 4))
+                .map(|t| Timestamp(t * 1000));
+            Some(LiveDialog {
+                call_id,
+                dialog_id,
+                answered,
+            })
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 #[cfg(test)]
@@ -492,10 +558,27 @@ mod tests {
 
     #[test]
     fn dialog_list_skips_deleted() {
-        let v = json!({"count": 2, "Dialogs": [
-            {"ID": "16b.3022af14", "state": 4, "callid": "a"},
+        let v = json!({"count": 3, "Dialogs": [
+            {"ID": "16b.3022af14", "db_id": "12512346644995", "state": 4, "timestart": 1700000000, "callid": "a"},
+            {"ID": "b1a.bef9ff5", "state": 2, "timestart": 0, "callid": "c"},
             {"ID": "1.1", "state": 5, "callid": "b"}]});
-        assert_eq!(parse_dialog_list(&v), vec![CallId::new("a")]);
+        assert_eq!(
+            parse_dialog_list(&v),
+            vec![
+                LiveDialog {
+                    call_id: CallId::new("a"),
+                    dialog_id: Some(DialogId::new(0xb61, 0x41fa2203)),
+                    answered: Some(Timestamp(1_700_000_000_000)),
+                },
+                LiveDialog {
+                    call_id: CallId::new("c"),
+                    dialog_id: Some(DialogId::new(0xa1b, 0x5ff9feb)),
+                    answered: None,
+                },
+            ]
+        );
+        assert_eq!(parse_did("0f3.0"), Some(DialogId::new(0x3f0, 0)));
+        assert_eq!(parse_did("nonsense"), None);
     }
 
     #[test]

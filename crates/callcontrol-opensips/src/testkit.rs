@@ -11,7 +11,7 @@
 //!   its [`MiVersion`] accepts, and answers OK / 404 / plain text / nothing
 //!   as scripted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -307,7 +307,7 @@ pub struct MiRequest {
 #[derive(Debug)]
 struct MiState {
     version: MiVersion,
-    dialogs: HashMap<CallId, DialogId>,
+    dialogs: BTreeMap<CallId, DialogId>,
     script: VecDeque<MiAnswer>,
     requests: Vec<MiRequest>,
     ended: Vec<CallId>,
@@ -330,7 +330,7 @@ impl FakeMi {
         FakeMi {
             state: Arc::new(Mutex::new(MiState {
                 version,
-                dialogs: HashMap::new(),
+                dialogs: BTreeMap::new(),
                 script: VecDeque::new(),
                 requests: Vec::new(),
                 ended: Vec::new(),
@@ -389,16 +389,30 @@ impl FakeMi {
             reply(json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id}))
         };
         self.with(|s| {
-            s.requests.push(MiRequest { method: method.clone(), params: params.clone() });
+            s.requests.push(MiRequest {
+                method: method.clone(),
+                params: params.clone(),
+            });
             match method.as_str() {
                 "version" => ok(json!({"Server": s.version.server()})),
                 "dlg_list" => {
+                    // Paged like OpenSIPS: named params `index` and `counter`.
+                    let index = params.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                    let counter = params
+                        .get("counter")
+                        .and_then(Value::as_u64)
+                        .map_or(usize::MAX, |c| c as usize);
                     let dialogs: Vec<Value> = s
                         .dialogs
                         .iter()
-                        .map(|(c, d)| json!({"ID": did(*d), "db_id": d.as_u64().to_string(), "state": 4, "callid": c.as_str()}))
+                        .skip(index)
+                        .take(counter)
+                        .map(|(c, d)| {
+                            json!({"ID": did(*d), "db_id": d.as_u64().to_string(), "state": 4,
+                                   "timestart": 1_700_000_000u64, "callid": c.as_str()})
+                        })
                         .collect();
-                    ok(json!({"count": dialogs.len(), "Dialogs": dialogs}))
+                    ok(json!({"count": s.dialogs.len(), "Dialogs": dialogs}))
                 }
                 "dlg_end_dlg" => match s.script.pop_front() {
                     Some(MiAnswer::Ok) => ok(json!("OK")),

@@ -171,6 +171,26 @@ async fn mi_silent_is_retried_then_a_timeout() {
     assert_eq!(r, Ok(callcontrol_core::signalling::EndOutcome::Ended));
 }
 
+#[tokio::test]
+async fn dlg_list_is_paged_over_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mi, client) = mi_pair(dir.path(), MiVersion::V3_6, DialogIdFormat::Did);
+    for i in 0..250u32 {
+        mi.add_dialog(&format!("call-{i:03}"), DialogId::new(i, i + 1));
+    }
+    use callcontrol_core::signalling::SignallingBackend;
+    let live = client.list_live_dialogs().await.unwrap().unwrap();
+    assert_eq!(live.len(), 250);
+    assert_eq!(live[249].call_id.as_str(), "call-249");
+    assert_eq!(live[249].dialog_id, Some(DialogId::new(249, 250)));
+    let pages = mi
+        .requests()
+        .iter()
+        .filter(|r| r.method == "dlg_list")
+        .count();
+    assert_eq!(pages, 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn mi_plain_text_error_is_a_proxy_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,6 +229,9 @@ async fn mi_http_transport_ends_the_dialog_and_lists_dialogs() {
     let mut live = client.list_dialogs().await.unwrap().unwrap();
     live.sort();
     assert_eq!(live, vec!["1-1469@127.0.0.1".into(), "other".into()]);
+    let dialogs = client.list_live_dialogs().await.unwrap().unwrap();
+    assert_eq!(dialogs[0].dialog_id, Some(DIALOG));
+    assert!(dialogs[0].answered.is_some());
     let r = client
         .end_dialog(&DialogRef {
             call_id: CALL.into(),
