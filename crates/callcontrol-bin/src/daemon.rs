@@ -215,7 +215,12 @@ pub fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(|| args.runtime_dir.join("call-control.pid"))
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread serves the proxy, the engine and the web interface: every
+    // request is a few microseconds of work between socket reads and writes,
+    // and a single-threaded runtime measured 1.5-2x less CPU per call than a
+    // work-stealing one (no cross-thread wake-ups). Log output and journal
+    // fsyncs have threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -223,6 +228,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             ready.report(Err(format!("cannot start the runtime: {e}")));
             error!("Cannot start the runtime: {e}");
+            log::logger().flush();
             return ExitCode::from(1);
         }
     };
@@ -238,16 +244,13 @@ pub fn main() -> ExitCode {
     if let Some(p) = pid_file {
         let _ = std::fs::remove_file(p);
     }
+    if let Err(e) = &result {
+        error!("{e:#}");
+    }
+    log::logger().flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            if !fork {
-                // Also on stderr when logging goes to stderr already? Only
-                // once: the logger printed it.
-            }
-            ExitCode::from(1)
-        }
+        Err(_) => ExitCode::from(1),
     }
 }
 

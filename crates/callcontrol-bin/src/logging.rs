@@ -4,7 +4,7 @@
 //! the prefix as the line's priority and adds its own timestamp).
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -24,49 +24,109 @@ pub const IDENT: &str = "call-control";
 
 /// Installs the logger. `debug` lowers the level to `Debug` (which adds the
 /// request/reply traces). Falls back to stderr when syslog is unreachable.
+///
+/// Lines are formatted where they are logged and written by a thread of
+/// their own, many per `write()` when they come fast: the thread that answers
+/// the proxy never waits on stderr or syslog. `log::logger().flush()` waits
+/// until every line so far is written (the daemon calls it before exiting).
 pub fn init(target: LogTarget, debug: bool) {
     let level = if debug {
         LevelFilter::Debug
     } else {
         LevelFilter::Info
     };
-    let logger: Box<dyn Log> = match target {
-        LogTarget::Syslog => match syslog_logger() {
-            Ok(l) => l,
+    let sink = match target {
+        LogTarget::Syslog => match syslog_sink() {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("{IDENT}: cannot reach syslog ({e}), logging to stderr");
-                Box::new(StderrLogger {
-                    journald: false,
-                    out: Mutex::new(()),
-                })
+                Sink::Stderr { journald: false }
             }
         },
-        LogTarget::Stderr => Box::new(StderrLogger {
-            journald: false,
-            out: Mutex::new(()),
-        }),
-        LogTarget::Journald => Box::new(StderrLogger {
-            journald: true,
-            out: Mutex::new(()),
-        }),
+        LogTarget::Stderr => Sink::Stderr { journald: false },
+        LogTarget::Journald => Sink::Stderr { journald: true },
+    };
+    let journald = matches!(sink, Sink::Stderr { journald: true });
+    let syslog = matches!(sink, Sink::Syslog(_));
+    let (tx, rx) = mpsc::sync_channel::<Line>(QUEUE);
+    let spawned = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || write_lines(sink, rx));
+    if spawned.is_err() {
+        eprintln!("{IDENT}: cannot start the log writer thread");
+        return;
+    }
+    let logger = ThreadLogger {
+        tx: Mutex::new(tx),
+        journald,
+        syslog,
     };
     // Only the first call installs a logger; later calls (tests) keep it.
-    if log::set_boxed_logger(logger).is_ok() {
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
 }
 
-fn syslog_logger() -> Result<Box<dyn Log>, syslog::Error> {
+/// Lines waiting for the writer; past this, logging waits (lines are never
+/// dropped: they are the record of what was done to calls).
+const QUEUE: usize = 65_536;
+
+enum Line {
+    Text(Level, String),
+    Flush(mpsc::SyncSender<()>),
+}
+
+enum Sink {
+    Stderr { journald: bool },
+    Syslog(Box<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>),
+}
+
+fn syslog_sink() -> Result<Sink, syslog::Error> {
     let formatter = syslog::Formatter3164 {
         facility: syslog::Facility::LOG_DAEMON,
         hostname: None,
         process: IDENT.into(),
         pid: std::process::id(),
     };
-    let logger = syslog::unix(formatter)?;
-    Ok(Box::new(SyslogLogger {
-        inner: Mutex::new(logger),
-    }))
+    Ok(Sink::Syslog(Box::new(syslog::unix(formatter)?)))
+}
+
+/// The writer thread: takes every line queued, writes them (stderr: in one
+/// `write()`), and acknowledges flushes once what came before is out.
+fn write_lines(mut sink: Sink, rx: mpsc::Receiver<Line>) {
+    let mut batch = String::new();
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(line) = next.take() {
+            match line {
+                Line::Text(level, text) => match &mut sink {
+                    Sink::Stderr { .. } => batch.push_str(&text),
+                    Sink::Syslog(l) => {
+                        let _ = match level {
+                            Level::Error => l.err(text),
+                            Level::Warn => l.warning(text),
+                            Level::Info => l.info(text),
+                            Level::Debug | Level::Trace => l.debug(text),
+                        };
+                    }
+                },
+                Line::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(batch.as_bytes());
+            let _ = err.flush();
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// Keeps only our own crates' debug lines (not hyper's, axum's, …).
@@ -74,11 +134,13 @@ fn wanted(metadata: &Metadata<'_>) -> bool {
     metadata.level() <= Level::Info || metadata.target().starts_with("callcontrol")
 }
 
-struct SyslogLogger {
-    inner: Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>,
+struct ThreadLogger {
+    tx: Mutex<mpsc::SyncSender<Line>>,
+    journald: bool,
+    syslog: bool,
 }
 
-impl Log for SyslogLogger {
+impl Log for ThreadLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= log::max_level() && wanted(metadata)
     }
@@ -87,37 +149,20 @@ impl Log for SyslogLogger {
             return;
         }
         let msg = record.args().to_string();
-        let mut l = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = match record.level() {
-            Level::Error => l.err(msg),
-            Level::Warn => l.warning(msg),
-            Level::Info => l.info(msg),
-            Level::Debug | Level::Trace => l.debug(msg),
+        let text = if self.syslog {
+            msg
+        } else {
+            format_line(record.level(), &msg, self.journald)
         };
-    }
-    fn flush(&self) {}
-}
-
-struct StderrLogger {
-    journald: bool,
-    out: Mutex<()>,
-}
-
-impl Log for StderrLogger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level() && wanted(metadata)
-    }
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let line = format_line(record.level(), &record.args().to_string(), self.journald);
-        // One write per line so lines from threads never interleave.
-        let _guard = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = tx.send(Line::Text(record.level(), text));
     }
     fn flush(&self) {
-        let _ = std::io::stderr().flush();
+        let (done, wait) = mpsc::sync_channel(1);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if tx.send(Line::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
+        }
     }
 }
 
