@@ -148,12 +148,15 @@ impl Log for ThreadLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let msg = record.args().to_string();
-        let text = if self.syslog {
-            msg
-        } else {
-            format_line(record.level(), &msg, self.journald)
-        };
+        // One allocation per line: prefix, message, newline.
+        let mut text = String::with_capacity(160);
+        if !self.syslog {
+            write_prefix(&mut text, record.level(), self.journald);
+        }
+        let _ = std::fmt::Write::write_fmt(&mut text, *record.args());
+        if !self.syslog {
+            text.push('\n');
+        }
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let _ = tx.send(Line::Text(record.level(), text));
     }
@@ -168,22 +171,31 @@ impl Log for ThreadLogger {
 
 /// Formats one line for stderr.
 pub fn format_line(level: Level, msg: &str, journald: bool) -> String {
+    let mut line = String::with_capacity(msg.len() + 24);
+    write_prefix(&mut line, level, journald);
+    line.push_str(msg);
+    line.push('\n');
+    line
+}
+
+/// `<N>` (journald: sd-daemon(3) priority) or `hh:mm:ss.mmm LEVEL `.
+fn write_prefix(out: &mut String, level: Level, journald: bool) {
+    use std::fmt::Write as _;
     if journald {
-        // sd-daemon(3) priority prefixes.
         let prio = match level {
             Level::Error => 3,
             Level::Warn => 4,
             Level::Info => 6,
             Level::Debug | Level::Trace => 7,
         };
-        format!("<{prio}>{msg}\n")
+        let _ = write!(out, "<{prio}>");
     } else {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let (secs, ms) = (now.as_secs(), now.subsec_millis());
         let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-        format!("{h:02}:{m:02}:{s:02}.{ms:03} {:<5} {msg}\n", level.as_str())
+        let _ = write!(out, "{h:02}:{m:02}:{s:02}.{ms:03} {:<5} ", level.as_str());
     }
 }
 

@@ -250,20 +250,32 @@ impl Driver {
         shutdown: CancellationToken,
     ) -> Result<(), StoreError> {
         self.flush();
+        // One timer and one cancellation future for the whole life of the
+        // loop: the timer is only re-armed when the engine's next deadline
+        // changes, not on every request.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut armed: Option<Timestamp> = None;
         loop {
             let now = self.clock.now();
-            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            let next = self.engine.poll_timeout();
+            if next.is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
                 self.flush();
                 continue;
             }
-            let sleep = self
-                .engine
-                .poll_timeout()
-                .map(|t| Duration::from_millis(t.millis_since(now)));
+            if next != armed {
+                if let Some(t) = next {
+                    let wait = Duration::from_millis(t.millis_since(now));
+                    sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+                }
+                armed = next;
+            }
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = &mut cancelled => break,
                 Some(ev) = self.events.1.recv() => {
                     self.event(ev);
                     while let Ok(ev) = self.events.1.try_recv() {
@@ -280,7 +292,8 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep_opt(sleep) => {
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
                     let now = self.clock.now();
                     self.engine.handle_timeout(now);
                 }
@@ -405,12 +418,6 @@ impl Driver {
     }
 }
 
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Now, per a clock (helper for embedders' tests).
 pub fn now(clock: &dyn Clock) -> Timestamp {
