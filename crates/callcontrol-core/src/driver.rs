@@ -418,7 +418,6 @@ impl Driver {
     }
 }
 
-
 /// Now, per a clock (helper for embedders' tests).
 pub fn now(clock: &dyn Clock) -> Timestamp {
     clock.now()

@@ -57,11 +57,15 @@ use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::store::{MemoryStore, SessionStore, Snapshot, StoreChange};
+use crate::session::Session;
+use crate::store::{OwedDebit, SessionStore, Snapshot, StoreChange};
 use crate::types::Timestamp;
 
 /// File name of the journal inside the runtime directory.
 pub const JOURNAL_FILE: &str = "sessions.journal";
+/// The journal being folded into a new snapshot by a background compaction
+/// (replayed between the snapshot and the journal if the daemon dies first).
+pub const OLD_JOURNAL_FILE: &str = "sessions.journal.old";
 /// File name of the snapshot inside the runtime directory.
 pub const SNAPSHOT_FILE: &str = "sessions.snapshot";
 
@@ -185,13 +189,98 @@ struct Inner {
     file: File,
     len: u64,
     opts: JournalOptions,
-    mirror: MemoryStore,
+    mirror: Mirror,
     dirty: bool,
     last_write: Instant,
     closed: bool,
     /// A write failed: the journal on disk misses a batch the mirror has, so
     /// the next apply writes a whole snapshot first.
     must_compact: bool,
+    /// A background compaction is writing a snapshot.
+    compacting: bool,
+}
+
+/// The state as the journal holds it, records shared (`Arc`) so that a
+/// background compaction can take a copy in milliseconds under the lock and
+/// serialise it outside.
+#[derive(Default, Clone)]
+struct Mirror {
+    sessions: std::collections::HashMap<crate::types::CallId, Arc<Session>>,
+    debits: std::collections::BTreeMap<u64, Arc<OwedDebit>>,
+}
+
+impl Mirror {
+    fn apply(&mut self, changes: &[StoreChange]) {
+        for c in changes {
+            match c {
+                StoreChange::Session(s) => {
+                    self.sessions.insert(s.call_id.clone(), Arc::new(s.clone()));
+                }
+                StoreChange::RemoveSession(id) => {
+                    self.sessions.remove(id);
+                }
+                StoreChange::Debit(d) => {
+                    self.debits.insert(d.seq, Arc::new(d.clone()));
+                }
+                StoreChange::DebitDone(seq) => {
+                    self.debits.remove(seq);
+                }
+            }
+        }
+    }
+    fn snapshot(&self) -> Snapshot {
+        let mut sessions: Vec<Session> = self.sessions.values().map(|s| (**s).clone()).collect();
+        sessions.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        Snapshot {
+            sessions,
+            debits: self.debits.values().map(|d| (**d).clone()).collect(),
+        }
+    }
+}
+
+/// What a snapshot file holds when written (shared records, no copies).
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    saved_at: u64,
+    clean: bool,
+    down_since: Option<u64>,
+    state: StateOut<'a>,
+}
+
+#[derive(Serialize)]
+struct StateOut<'a> {
+    sessions: Vec<&'a Arc<Session>>,
+    debits: Vec<&'a Arc<OwedDebit>>,
+}
+
+/// Writes `mirror` as the snapshot file, atomically.
+fn write_snapshot(
+    dir: &Path,
+    mirror: &Mirror,
+    clean: bool,
+    down_since: Option<Timestamp>,
+) -> Result<(), StoreError> {
+    let file = SnapshotOut {
+        version: 1,
+        saved_at: wall_ms(),
+        clean,
+        down_since: down_since.map(|t| t.0),
+        state: StateOut {
+            sessions: mirror.sessions.values().collect(),
+            debits: mirror.debits.values().collect(),
+        },
+    };
+    let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    sync_dir(dir);
+    Ok(())
 }
 
 /// The durable session store. See the module docs.
@@ -230,14 +319,13 @@ impl Journal {
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, StoreError> {
         fs::create_dir_all(dir)?;
         let (snapshot, mut recovery) = recover(dir)?;
-        let mut mirror = MemoryStore::new();
-        let seed: Vec<StoreChange> = snapshot
-            .sessions
-            .into_iter()
-            .map(StoreChange::Session)
-            .chain(snapshot.debits.into_iter().map(StoreChange::Debit))
-            .collect();
-        mirror.apply(&seed)?;
+        let mut mirror = Mirror::default();
+        for s in snapshot.sessions {
+            mirror.sessions.insert(s.call_id.clone(), Arc::new(s));
+        }
+        for d in snapshot.debits {
+            mirror.debits.insert(d.seq, Arc::new(d));
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -252,6 +340,7 @@ impl Journal {
             last_write: Instant::now(),
             closed: false,
             must_compact: false,
+            compacting: false,
         };
         // Start from a fresh snapshot and an empty journal, remembering when
         // the previous run was last alive.
@@ -327,7 +416,7 @@ impl SessionStore for Journal {
         });
         // The mirror takes the batch whatever happened on disk, so that the
         // snapshot written below (or at the next apply) contains it.
-        inner.mirror.apply(changes)?;
+        inner.mirror.apply(changes);
         if let Err(e) = appended {
             log::error!("Session journal write failed, writing a full snapshot instead: {e}");
             inner.must_compact = true;
@@ -340,10 +429,7 @@ impl SessionStore for Journal {
             inner.file.sync_data()?;
             inner.dirty = false;
         }
-        if inner.len > inner.opts.compact_bytes {
-            debug!("Session journal reached {} bytes, compacting", inner.len);
-            inner.compact(false, None)?;
-        }
+        // Past `compact_bytes` the background thread compacts, off this path.
         Ok(())
     }
 
@@ -396,29 +482,56 @@ impl Inner {
     /// the new snapshot gives the same state (every record is an upsert or a
     /// removal by key, and the snapshot is the result of all of them).
     fn compact(&mut self, clean: bool, down_since: Option<Timestamp>) -> Result<(), StoreError> {
-        let state = self.mirror.snapshot();
-        let file = SnapshotFile {
-            version: 1,
-            saved_at: wall_ms(),
-            clean,
-            down_since: down_since.map(|t| t.0),
-            state,
-        };
-        let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+        write_snapshot(&self.dir, &self.mirror, clean, down_since)?;
+        // The snapshot holds everything: a journal left by an unfinished
+        // background compaction is no longer needed.
+        match fs::remove_file(self.dir.join(OLD_JOURNAL_FILE)) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
-        fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE))?;
-        sync_dir(&self.dir);
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.len = 0;
         self.dirty = false;
         Ok(())
     }
+
+    /// Starts a background compaction: the journal is renamed aside and a new
+    /// one started (a few syscalls), and a shared copy of the state is taken
+    /// (reference counts, no session copied). The caller writes the snapshot
+    /// from it without holding the lock, so `apply` never waits for it.
+    fn rotate(&mut self) -> Result<Mirror, StoreError> {
+        if self.dir.join(OLD_JOURNAL_FILE).exists() {
+            // A previous background compaction did not finish: do a whole one.
+            self.compact(false, None)?;
+            return Err(StoreError::Corrupt("previous compaction unfinished".into()));
+        }
+        self.file.sync_data()?;
+        fs::rename(self.dir.join(JOURNAL_FILE), self.dir.join(OLD_JOURNAL_FILE))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(JOURNAL_FILE))?;
+        sync_dir(&self.dir);
+        self.file = file;
+        self.len = 0;
+        self.dirty = false;
+        self.compacting = true;
+        Ok(self.mirror.clone())
+    }
+}
+
+/// Finishes a background compaction started by [`Inner::rotate`]: the new
+/// snapshot replaces the old one, then the renamed journal goes. Crash-safe
+/// in every order: before the snapshot's rename, old snapshot + old journal +
+/// journal are complete; after it, replaying the old journal on the new
+/// snapshot changes nothing (the snapshot is the result of all of it).
+fn finish_compaction(dir: &Path, state: &Mirror) -> Result<(), StoreError> {
+    write_snapshot(dir, state, false, None)?;
+    fs::remove_file(dir.join(OLD_JOURNAL_FILE))?;
+    sync_dir(dir);
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) {
@@ -457,9 +570,22 @@ fn background(inner: Arc<Mutex<Inner>>, stop: mpsc::Receiver<()>) {
                 Err(e) => error!("Session journal: fsync failed: {e}"),
             }
         }
-        if i.len > i.opts.compact_bytes {
-            if let Err(e) = i.compact(false, None) {
-                error!("Session journal: compaction failed: {e}");
+        if i.len > i.opts.compact_bytes && !i.compacting {
+            debug!("Session journal reached {} bytes, compacting", i.len);
+            match i.rotate() {
+                Ok(state) => {
+                    let dir = i.dir.clone();
+                    drop(i);
+                    let result = finish_compaction(&dir, &state);
+                    drop(state);
+                    let mut i = lock(&inner);
+                    i.compacting = false;
+                    if let Err(e) = result {
+                        error!("Session journal: compaction failed, retrying in full: {e}");
+                        i.must_compact = true;
+                    }
+                }
+                Err(e) => debug!("Session journal: compacted in full ({e})"),
             }
         }
     }
@@ -523,17 +649,21 @@ fn recover(dir: &Path) -> Result<(Snapshot, Recovery), StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    let path = dir.join(JOURNAL_FILE);
-    let mut buf = Vec::new();
-    match File::open(&path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut buf)?;
+    // A journal renamed aside by an unfinished compaction comes first.
+    let mut records = Vec::new();
+    for name in [OLD_JOURNAL_FILE, JOURNAL_FILE] {
+        let mut buf = Vec::new();
+        match File::open(dir.join(name)) {
+            Ok(mut f) => {
+                f.read_to_end(&mut buf)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+        let (r, valid) = decode_records(&buf);
+        recovery.dropped_bytes += (buf.len() - valid) as u64;
+        records.extend(r);
     }
-    let (records, valid) = decode_records(&buf);
-    recovery.dropped_bytes = (buf.len() - valid) as u64;
     let mut changes = Vec::new();
     for r in records {
         recovery.records_replayed += 1;
@@ -659,6 +789,80 @@ mod tests {
     }
 
     #[test]
+    fn an_unfinished_background_compaction_loses_nothing() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[
+                StoreChange::Session(session("a")),
+                StoreChange::Session(session("b")),
+            ])
+            .unwrap();
+            // The background thread renames the journal aside and takes the
+            // state; the daemon dies before the snapshot is written.
+            let state = lock(&j.inner).rotate().unwrap();
+            assert!(dir.join(OLD_JOURNAL_FILE).exists());
+            j.apply(&[StoreChange::RemoveSession(CallId::new("a"))])
+                .unwrap();
+            j.apply(&[StoreChange::Debit(debit(7, "a"))]).unwrap();
+            drop(state);
+        }
+        let j = Journal::open(&dir, opts()).unwrap();
+        let s = j.snapshot();
+        let ids: Vec<&str> = s.sessions.iter().map(|s| s.call_id.as_str()).collect();
+        assert_eq!(ids, vec!["b"]);
+        assert_eq!(s.debits, vec![debit(7, "a")]);
+        assert!(!dir.join(OLD_JOURNAL_FILE).exists(), "folded in at open");
+    }
+
+    #[test]
+    fn a_finished_background_compaction_then_crash_replays_to_the_same_state() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::Session(session("a"))]).unwrap();
+            j.apply(&[StoreChange::RemoveSession(CallId::new("a"))])
+                .unwrap();
+            j.apply(&[StoreChange::Session(session("b"))]).unwrap();
+            let state = lock(&j.inner).rotate().unwrap();
+            // Snapshot written, then death before the old journal is removed.
+            write_snapshot(&dir, &state, false, None).unwrap();
+            j.apply(&[StoreChange::Session(session("c"))]).unwrap();
+        }
+        let j = Journal::open(&dir, opts()).unwrap();
+        let ids: Vec<String> = j
+            .snapshot()
+            .sessions
+            .iter()
+            .map(|s| s.call_id.to_string())
+            .collect();
+        assert_eq!(ids, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn the_background_thread_compacts_without_losing_a_batch() {
+        let dir = tmp();
+        let o = JournalOptions {
+            compact_bytes: 2_000,
+            heartbeat: Duration::from_millis(20),
+            ..opts()
+        };
+        {
+            let mut j = Journal::open(&dir, o.clone()).unwrap();
+            for i in 0..300 {
+                j.apply(&[StoreChange::Session(session(&format!("s{i}")))])
+                    .unwrap();
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+            }
+            // Crash.
+        }
+        let j = Journal::open(&dir, o).unwrap();
+        assert_eq!(j.snapshot().sessions.len(), 300);
+    }
+
+    #[test]
     fn replays_what_was_applied_after_a_crash() {
         let dir = tmp();
         {
@@ -740,6 +944,7 @@ mod tests {
         let dir = tmp();
         let o = JournalOptions {
             compact_bytes: 2_000,
+            heartbeat: Duration::from_millis(10),
             ..opts()
         };
         let mut j = Journal::open(&dir, o.clone()).unwrap();
@@ -751,7 +956,13 @@ mod tests {
                     .unwrap();
             }
         }
-        // Compacted along the way: far less than 50 session records.
+        // The background thread compacts (off the apply path) within ticks.
+        for _ in 0..200 {
+            if j.journal_len() <= 2_000 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(
             j.journal_len() <= 2_000 + 1_000,
             "journal is {} bytes",
