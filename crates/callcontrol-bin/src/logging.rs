@@ -4,7 +4,7 @@
 //! the prefix as the line's priority and adds its own timestamp).
 
 use std::io::Write;
-use std::sync::{mpsc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -25,10 +25,11 @@ pub const IDENT: &str = "call-control";
 /// Installs the logger. `debug` lowers the level to `Debug` (which adds the
 /// request/reply traces). Falls back to stderr when syslog is unreachable.
 ///
-/// Lines are formatted where they are logged and written by a thread of
-/// their own, many per `write()` when they come fast: the thread that answers
-/// the proxy never waits on stderr or syslog. `log::logger().flush()` waits
-/// until every line so far is written (the daemon calls it before exiting).
+/// Lines are formatted where they are logged, queued in memory, and written
+/// every 20 ms by a thread of their own, many per `write()`: the thread that
+/// answers the proxy makes no syscall and wakes no thread to log.
+/// `log::logger().flush()` writes every line so far (the daemon calls it
+/// before exiting).
 pub fn init(target: LogTarget, debug: bool) {
     let level = if debug {
         LevelFilter::Debug
@@ -48,16 +49,22 @@ pub fn init(target: LogTarget, debug: bool) {
     };
     let journald = matches!(sink, Sink::Stderr { journald: true });
     let syslog = matches!(sink, Sink::Syslog(_));
-    let (tx, rx) = mpsc::sync_channel::<Line>(QUEUE);
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Vec::new()),
+        sink: Mutex::new(sink),
+    });
+    let writer = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || write_lines(sink, rx));
+        .spawn(move || loop {
+            std::thread::sleep(WRITE_EVERY);
+            writer.write_queued();
+        });
     if spawned.is_err() {
         eprintln!("{IDENT}: cannot start the log writer thread");
-        return;
     }
-    let logger = ThreadLogger {
-        tx: Mutex::new(tx),
+    let logger = BufferedLogger {
+        shared,
         journald,
         syslog,
     };
@@ -67,13 +74,51 @@ pub fn init(target: LogTarget, debug: bool) {
     }
 }
 
-/// Lines waiting for the writer; past this, logging waits (lines are never
-/// dropped: they are the record of what was done to calls).
-const QUEUE: usize = 65_536;
+/// How often the writer thread writes what was logged: lines are queued in
+/// memory by the threads that log (no syscall, no wake-up) and written in
+/// one `write()` per tick.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-enum Line {
-    Text(Level, String),
-    Flush(mpsc::SyncSender<()>),
+/// Past this many queued lines the logging thread writes them itself
+/// (lines are never dropped: they are the record of what was done to calls).
+const MAX_QUEUED: usize = 16_384;
+
+struct Shared {
+    queue: Mutex<Vec<(Level, String)>>,
+    sink: Mutex<Sink>,
+}
+
+impl Shared {
+    /// Writes every queued line. The sink's lock is taken first, so batches
+    /// from the writer thread and from a flush never interleave.
+    fn write_queued(&self) {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        let lines = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if lines.is_empty() {
+            return;
+        }
+        match &mut *sink {
+            Sink::Stderr { .. } => {
+                let mut batch = String::with_capacity(lines.iter().map(|(_, l)| l.len()).sum());
+                for (_, l) in &lines {
+                    batch.push_str(l);
+                }
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(batch.as_bytes());
+                let _ = err.flush();
+            }
+            Sink::Syslog(l) => {
+                for (level, text) in lines {
+                    let _ = match level {
+                        Level::Error => l.err(text),
+                        Level::Warn => l.warning(text),
+                        Level::Info => l.info(text),
+                        Level::Debug | Level::Trace => l.debug(text),
+                    };
+                }
+            }
+        }
+    }
 }
 
 enum Sink {
@@ -91,56 +136,18 @@ fn syslog_sink() -> Result<Sink, syslog::Error> {
     Ok(Sink::Syslog(Box::new(syslog::unix(formatter)?)))
 }
 
-/// The writer thread: takes every line queued, writes them (stderr: in one
-/// `write()`), and acknowledges flushes once what came before is out.
-fn write_lines(mut sink: Sink, rx: mpsc::Receiver<Line>) {
-    let mut batch = String::new();
-    let mut flushes = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(line) = next.take() {
-            match line {
-                Line::Text(level, text) => match &mut sink {
-                    Sink::Stderr { .. } => batch.push_str(&text),
-                    Sink::Syslog(l) => {
-                        let _ = match level {
-                            Level::Error => l.err(text),
-                            Level::Warn => l.warning(text),
-                            Level::Info => l.info(text),
-                            Level::Debug | Level::Trace => l.debug(text),
-                        };
-                    }
-                },
-                Line::Flush(done) => flushes.push(done),
-            }
-            if batch.len() < 64 * 1024 {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(batch.as_bytes());
-            let _ = err.flush();
-            batch.clear();
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
-
 /// Keeps only our own crates' debug lines (not hyper's, axum's, …).
 fn wanted(metadata: &Metadata<'_>) -> bool {
     metadata.level() <= Level::Info || metadata.target().starts_with("callcontrol")
 }
 
-struct ThreadLogger {
-    tx: Mutex<mpsc::SyncSender<Line>>,
+struct BufferedLogger {
+    shared: Arc<Shared>,
     journald: bool,
     syslog: bool,
 }
 
-impl Log for ThreadLogger {
+impl Log for BufferedLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         metadata.level() <= log::max_level() && wanted(metadata)
     }
@@ -157,15 +164,17 @@ impl Log for ThreadLogger {
         if !self.syslog {
             text.push('\n');
         }
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = tx.send(Line::Text(record.level(), text));
+        let full = {
+            let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push((record.level(), text));
+            q.len() >= MAX_QUEUED
+        };
+        if full {
+            self.shared.write_queued();
+        }
     }
     fn flush(&self) {
-        let (done, wait) = mpsc::sync_channel(1);
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if tx.send(Line::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
-        }
+        self.shared.write_queued();
     }
 }
 
