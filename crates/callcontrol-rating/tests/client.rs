@@ -396,3 +396,51 @@ async fn balances() {
     ));
     assert!(c.balance("not an account").await.is_err());
 }
+
+#[tokio::test]
+async fn after_a_restart_a_debit_finds_the_engine_that_authorised_the_call() {
+    let (a, b) = (fake_with_alice().await, fake_with_alice().await);
+    let both = format!("{} {}", a.address(), b.address());
+    // Find which engine alice's calls prefer, then authorise on the other one
+    // (as if the preferred engine had been down at the time).
+    let probe = client(&both);
+    wait_until("both engines connected", || {
+        probe.health().iter().all(|h| h.connected)
+    })
+    .await;
+    probe.authorise(&auth("alice", "probe")).await.unwrap();
+    probe.debit(&debit("alice", "probe", 0)).await.unwrap();
+    let (preferred, other) = if a.ledger().is_empty() {
+        (&b, &a)
+    } else {
+        (&a, &b)
+    };
+    let only_other = client(&other.address());
+    wait_until("the other engine connected", || {
+        only_other.health()[0].connected
+    })
+    .await;
+    only_other.authorise(&auth("alice", "c1")).await.unwrap();
+    // The daemon restarts: a new client with both engines and no pins.
+    let restarted = client(&both);
+    wait_until("both engines connected", || {
+        restarted.health().iter().all(|h| h.connected)
+    })
+    .await;
+    let outcome = restarted.debit(&debit("alice", "c1", 60)).await.unwrap();
+    assert!(
+        matches!(outcome, DebitOutcome::Debited { .. }),
+        "{outcome:?}"
+    );
+    let charged: Vec<_> = other
+        .charges()
+        .into_iter()
+        .filter(|c| c.call_id == "c1")
+        .collect();
+    assert_eq!(
+        charged.len(),
+        1,
+        "charged once, on the engine that authorised it"
+    );
+    assert!(preferred.charges().iter().all(|c| c.call_id != "c1"));
+}

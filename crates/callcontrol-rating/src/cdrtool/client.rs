@@ -791,6 +791,60 @@ fn limit_result(a: &Authorisation) -> &'static str {
     }
 }
 
+impl CdrtoolClient {
+    /// One `DebitBalance` on engine `index`.
+    async fn debit_on(
+        &self,
+        index: usize,
+        req: &DebitRequest,
+    ) -> Result<DebitOutcome, RatingError> {
+        let inner = &self.inner;
+        let cmd = Command::DebitBalance;
+        let link = &inner.links[index];
+        let mut buf = Vec::with_capacity(256);
+        codec::encode_debit_balance(req, &mut buf);
+        if !link.is_down() {
+            lock(&inner.stats).debits_sent += 1;
+        }
+        // Not repeated here: a repeated debit answers `Failed`, which would be
+        // final. The engine core retries an `Err` after its backoff instead.
+        let result = match link.exchange(cmd, &buf, false).await {
+            Ok(body) => match codec::parse_debit_balance(&body) {
+                Ok(outcome) => Ok(outcome),
+                Err(e) => Err(inner.reply_error(cmd, e, link, req.call_id.as_str())),
+            },
+            Err(f) => Err(inner.failure(cmd, link, f, req.call_id.as_str())),
+        };
+        let mut st = lock(&inner.stats);
+        match &result {
+            Ok(o) => {
+                let r = match o {
+                    DebitOutcome::Debited { .. } => {
+                        st.debits_ok += 1;
+                        "ok"
+                    }
+                    DebitOutcome::Failed { .. } => {
+                        st.debits_failed += 1;
+                        "failed"
+                    }
+                    DebitOutcome::NotPrepaid => "not-prepaid",
+                };
+                st.count(cmd, r);
+                drop(st);
+                inner.unpin(&req.party, &req.call_id);
+            }
+            Err(e) => {
+                st.debits_undelivered += 1;
+                debug!(
+                    "Debit of {} s for {} to be retried: {e} ({})",
+                    req.duration, req.party, req.call_id
+                );
+            }
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl RatingBackend for CdrtoolClient {
     async fn authorise(&self, req: &AuthoriseRequest) -> Result<Authorisation, RatingError> {
@@ -839,50 +893,38 @@ impl RatingBackend for CdrtoolClient {
     }
 
     async fn debit(&self, req: &DebitRequest) -> Result<DebitOutcome, RatingError> {
-        let inner = &self.inner;
-        let cmd = Command::DebitBalance;
-        let link = &inner.links[inner.debit_link(&req.party)];
-        let mut buf = Vec::with_capacity(256);
-        codec::encode_debit_balance(req, &mut buf);
-        if !link.is_down() {
-            lock(&inner.stats).debits_sent += 1;
+        let pinned = lock(&self.inner.pins).contains_key(&req.party);
+        let first = self.inner.debit_link(&req.party);
+        let result = self.debit_on(first, req).await;
+        if pinned
+            || self.inner.links.len() < 2
+            || !matches!(result, Ok(DebitOutcome::Failed { .. }))
+        {
+            return result;
         }
-        // Not repeated here: a repeated debit answers `Failed`, which would be
-        // final. The engine core retries an `Err` after its backoff instead.
-        let result = match link.exchange(cmd, &buf, false).await {
-            Ok(body) => match codec::parse_debit_balance(&body) {
-                Ok(outcome) => Ok(outcome),
-                Err(e) => Err(inner.reply_error(cmd, e, link, req.call_id.as_str())),
-            },
-            Err(f) => Err(inner.failure(cmd, link, f, req.call_id.as_str())),
-        };
-        let mut st = lock(&inner.stats);
-        match &result {
-            Ok(o) => {
-                let r = match o {
-                    DebitOutcome::Debited { .. } => {
-                        st.debits_ok += 1;
-                        "ok"
-                    }
-                    DebitOutcome::Failed { .. } => {
-                        st.debits_failed += 1;
-                        "failed"
-                    }
-                    DebitOutcome::NotPrepaid => "not-prepaid",
-                };
-                st.count(cmd, r);
-                drop(st);
-                inner.unpin(&req.party, &req.call_id);
-            }
-            Err(e) => {
-                st.debits_undelivered += 1;
-                debug!(
-                    "Debit of {} s for {} to be retried: {e} ({})",
-                    req.duration, req.party, req.call_id
-                );
+        // Not pinned (the daemon restarted since the call was authorised):
+        // the call may have been authorised on another engine while this one
+        // was down. An engine that does not know the Call-ID answers `Failed`
+        // and charges nothing, so asking the others is safe; at most one of
+        // them holds the session.
+        let n = self.inner.links.len();
+        let mut unreachable = None;
+        for k in 1..n {
+            let i = (first + k) % n;
+            match self.debit_on(i, req).await {
+                Ok(DebitOutcome::Failed { .. }) => {}
+                Ok(other) => return Ok(other),
+                Err(e) => unreachable = Some(e),
             }
         }
-        result
+        match unreachable {
+            // The engine that may hold the session is out of reach: retry
+            // this debit on its own (the others need not wait for it).
+            Some(e) => Err(RatingError::Engine(format!(
+                "debit refused by the reachable engines, retrying for the others: {e}"
+            ))),
+            None => result,
+        }
     }
 
     async fn balance(&self, account: &str) -> Result<Balance, RatingError> {
