@@ -185,14 +185,19 @@ pub enum Prepaid {
 impl Prepaid {
     /// Parses `true`/`false`/`unknown` (any case; `yes`/`1` and `no`/`0` too).
     pub fn parse(s: &str) -> Result<Prepaid, RequestError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => Ok(Prepaid::True),
-            "false" | "no" | "0" => Ok(Prepaid::False),
-            "unknown" | "none" | "" => Ok(Prepaid::Unknown),
-            _ => Err(RequestError::BadValue {
+        let v = s.trim();
+        let is = |words: &[&str]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
+        if is(&["true", "yes", "1"]) {
+            Ok(Prepaid::True)
+        } else if is(&["false", "no", "0"]) {
+            Ok(Prepaid::False)
+        } else if is(&["unknown", "none", ""]) {
+            Ok(Prepaid::Unknown)
+        } else {
+            Err(RequestError::BadValue {
                 key: "prepaid",
                 value: s.to_string(),
-            }),
+            })
         }
     }
     /// Whether the session is rated by the rating engine.

@@ -98,7 +98,7 @@ impl Decoder {
             if self.discarding && !self.skip_to_empty_line() {
                 return None;
             }
-            let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+            let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) else {
                 self.scanned = self.buf.len();
                 if self.buf.len() - self.line_start > MAX_LINE {
                     // The line cannot become valid: answer now, drop what we
@@ -204,6 +204,14 @@ pub(crate) struct Params<'a> {
 const INLINE_PARAMS: usize = 16;
 
 impl<'a> Params<'a> {
+    /// Every `key: value` in order (a repeated key: the last one counts).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        self.items[..self.len]
+            .iter()
+            .chain(self.more.iter())
+            .copied()
+    }
+
     fn push(&mut self, k: &'a str, v: &'a str) {
         if self.len < INLINE_PARAMS {
             self.items[self.len] = (k, v);
@@ -236,10 +244,8 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
             .find(|l| !l.trim_ascii().is_empty());
         ProtocolError::InvalidUtf8(command_of(first.unwrap_or_default()))
     })?;
-    let mut lines = text
-        .split('\n')
-        .map(str::trim_ascii)
-        .filter(|l| !l.is_empty());
+    // Byte scans rather than `str` patterns: every `init` goes through here.
+    let mut lines = Lines { text, pos: 0 };
     let word = lines.next().unwrap_or("");
     let command: &'static str = match word {
         w if w.eq_ignore_ascii_case("init") => "init",
@@ -256,10 +262,10 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
         command,
     };
     for line in lines {
-        let Some((k, v)) = line.split_once(':') else {
+        let Some(colon) = memchr::memchr(b':', line.as_bytes()) else {
             return Err(ProtocolError::BadLine(truncate(line, 64), command));
         };
-        params.push(k.trim_ascii(), v.trim_ascii());
+        params.push(line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
     }
     match command {
         "init" => cmd::init::parse(&params),
@@ -267,6 +273,30 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
         "stop" => cmd::stop::parse(&params),
         "debug" => cmd::debug::parse(&params),
         _ => cmd::terminate::parse(&params),
+    }
+}
+
+/// The non-blank lines of a block, trimmed.
+struct Lines<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        while self.pos < bytes.len() {
+            let start = self.pos;
+            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |e| start + e);
+            self.pos = end + 1;
+            // `\n` is ASCII, so `start..end` are char boundaries.
+            let line = self.text[start..end].trim_ascii();
+            if !line.is_empty() {
+                return Some(line);
+            }
+        }
+        None
     }
 }
 
