@@ -20,7 +20,9 @@ use crate::config::EngineConfig;
 use crate::engine::{Effect, Engine, EngineStats, Token};
 use crate::error::{DriverError, RatingError, SignallingError, StoreError};
 use crate::rating::{Authorisation, DebitOutcome, RatingBackend};
-use crate::request::{Found, InitReply, InitRequest, Reply, Request, StartRequest};
+use crate::request::{
+    Found, InitReply, InitRequest, ListQuery, Reply, Request, SessionPage, StartRequest,
+};
 use crate::session::SessionInfo;
 use crate::signalling::{EndOutcome, LiveDialog, SignallingBackend};
 use crate::store::SessionStore;
@@ -115,6 +117,14 @@ impl Handle {
         {
             Reply::Sessions(v) => Ok(v),
             _ => Ok(Vec::new()),
+        }
+    }
+    /// One page of the sessions matching `query` (see [`ListQuery`]); the
+    /// engine clones only the page, so this is cheap on a busy daemon.
+    pub async fn page(&self, query: ListQuery) -> Result<SessionPage, DriverError> {
+        match self.request(Request::Page(query)).await? {
+            Reply::Page(p) => Ok(p),
+            _ => Ok(SessionPage::default()),
         }
     }
     /// One session.

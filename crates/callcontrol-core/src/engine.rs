@@ -19,7 +19,9 @@ use crate::error::{RatingError, SignallingError};
 use crate::rating::{
     AccountType, Authorisation, AuthoriseRequest, DebitOutcome, DebitRequest, RatedLimit,
 };
-use crate::request::{Found, InitReply, InitRequest, Reply, Request, StartRequest};
+use crate::request::{
+    Found, InitReply, InitRequest, ListQuery, Reply, Request, SessionPage, StartRequest,
+};
 use crate::session::{Session, SessionInfo};
 use crate::signalling::{DialogRef, EndOutcome, LiveDialog};
 use crate::store::{OwedDebit, Snapshot, StoreChange};
@@ -282,6 +284,67 @@ impl Engine {
                 self.reply(token, Reply::Session(info));
             }
             Request::Terminate { call_id } => self.terminate(now, token, &call_id),
+            Request::Page(query) => {
+                let reply = Reply::Page(self.page(now, &query));
+                self.reply(token, reply);
+            }
+        }
+    }
+
+    /// One page of the sessions matching `query`, ordered by
+    /// `(created, call_id)`. One pass over references and a bounded
+    /// selection (no sort of all sessions); only the page is cloned.
+    pub fn page(&self, now: Timestamp, query: &ListQuery) -> SessionPage {
+        let text = query
+            .text
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase);
+        let after = query.after.as_ref().map(|(t, id)| (*t, id));
+        let mut matched = 0;
+        let mut rows: Vec<&Session> = Vec::new();
+        for s in self.sessions.values() {
+            let keep = query
+                .user
+                .as_deref()
+                .is_none_or(|u| s.party.user_host().starts_with(u))
+                && query.states.as_ref().is_none_or(|v| v.contains(&s.state))
+                && query.prepaid.is_none_or(|p| s.is_prepaid() == p)
+                && text.as_deref().is_none_or(|t| {
+                    [s.call_id.as_str(), s.party.user_host(), &s.from, &s.ruri]
+                        .into_iter()
+                        .any(|f| contains_ignore_case(f, t))
+                });
+            if !keep {
+                continue;
+            }
+            matched += 1;
+            if after.is_some_and(|a| (s.created, &s.call_id) <= a) {
+                continue;
+            }
+            rows.push(s);
+        }
+        let order =
+            |a: &&Session, b: &&Session| (a.created, &a.call_id).cmp(&(b.created, &b.call_id));
+        let end = query.offset.saturating_add(query.limit);
+        if end < rows.len() {
+            rows.select_nth_unstable_by(end, order);
+            rows.truncate(end);
+        }
+        let sessions = if query.offset >= rows.len() {
+            Vec::new()
+        } else {
+            if query.offset > 0 {
+                rows.select_nth_unstable_by(query.offset, order);
+            }
+            let page = &mut rows[query.offset..];
+            page.sort_unstable_by(order);
+            page.iter().map(|s| s.info(now)).collect()
+        };
+        SessionPage {
+            total: self.sessions.len(),
+            matched,
+            sessions,
         }
     }
 
@@ -1196,6 +1259,17 @@ impl Engine {
 /// the rating engine takes each read of at most 4096 bytes as one request,
 /// and rating clients may escape bytes (up to 3x).
 pub const MAX_RATED_REQUEST: usize = 1200;
+
+/// Whether `hay` contains `needle_lower` (already lower-case), ignoring case;
+/// no allocation when both are ASCII.
+fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
+    if hay.is_ascii() && needle_lower.is_ascii() {
+        let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+        n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    } else {
+        hay.to_lowercase().contains(needle_lower)
+    }
+}
 
 fn rated_request_len(req: &InitRequest, party: &BillingParty) -> usize {
     req.call_id.as_str().len()

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::session::SessionInfo;
-use crate::types::{CallId, DialogId, Prepaid};
+use crate::types::{CallId, DialogId, Prepaid, SessionState, Timestamp};
 
 /// `init`: the proxy asks whether a new call may proceed and with what limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,61 @@ pub enum Request {
         /// `callid`.
         call_id: CallId,
     },
+    /// One page of the session list (admin views): costs the engine one
+    /// pass over references and clones only the page.
+    Page(ListQuery),
+}
+
+/// Filters, cursor and window of a [`Request::Page`]. Rows are ordered like
+/// [`Request::List`]: by `(created, call_id)`, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Only sessions whose billing party (`user@host`) starts with this.
+    pub user: Option<String>,
+    /// Only sessions in one of these states.
+    pub states: Option<Vec<SessionState>>,
+    /// Only prepaid (`true`) or postpaid (`false`) sessions.
+    pub prepaid: Option<bool>,
+    /// Only sessions whose Call-ID, From, R-URI or billing party contains
+    /// this text (case-insensitively).
+    pub text: Option<String>,
+    /// Cursor: only sessions ordered after this `(created, call_id)` (the
+    /// last row of the previous page), for walking the whole list.
+    pub after: Option<(Timestamp, CallId)>,
+    /// Rows to skip (after the filters and the cursor).
+    pub offset: usize,
+    /// Rows at most.
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// All sessions, `limit` rows at a time.
+    pub fn first(limit: usize) -> Self {
+        ListQuery {
+            limit,
+            ..Default::default()
+        }
+    }
+    /// The same filters and limit, for the page after `last` (the last row
+    /// of the page just received); the offset is reset.
+    pub fn next_after(&self, last: &SessionInfo) -> Self {
+        ListQuery {
+            after: Some((last.created, last.call_id.clone())),
+            offset: 0,
+            ..self.clone()
+        }
+    }
+}
+
+/// The answer to a [`Request::Page`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPage {
+    /// Sessions tracked (before filtering).
+    pub total: usize,
+    /// Sessions that match the filters (the cursor and window not applied).
+    pub matched: usize,
+    /// The rows, in `(created, call_id)` order.
+    pub sessions: Vec<SessionInfo>,
 }
 
 /// The answer to `init`.
@@ -183,4 +238,6 @@ pub enum Reply {
     Session(Option<SessionInfo>),
     /// To `terminate`.
     Terminate(Found),
+    /// To a page request.
+    Page(SessionPage),
 }

@@ -1090,3 +1090,187 @@ fn a_debit_reply_shared_limit_is_capped_by_prepaid_limit() {
     h.debited(d[0].0, debited(Some(50_000)));
     assert_eq!(h.deadline_of("c2"), Some(h.now.plus_secs(1000)));
 }
+
+// ---- admin: paged list ------------------------------------------------------
+
+fn page(h: &mut Harness, q: ListQuery) -> SessionPage {
+    match h.request(Request::Page(q)) {
+        Some(Reply::Page(p)) => p,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn ids(p: &SessionPage) -> Vec<&str> {
+    p.sessions.iter().map(|s| s.call_id.as_str()).collect()
+}
+
+#[test]
+fn page_is_ordered_by_creation_then_call_id_like_list() {
+    let mut h = Harness::fixed(Some(600));
+    // Same creation time: Call-ID order breaks the tie.
+    h.init_now(call_from("b", "alice"));
+    h.init_now(call_from("a", "alice"));
+    h.advance_secs(1);
+    h.init_now(call_from("0", "bob"));
+    h.advance_secs(1);
+    h.init_now(call_from("c", "carol"));
+    let p = page(&mut h, ListQuery::first(10));
+    assert_eq!(ids(&p), ["a", "b", "0", "c"]);
+    assert_eq!((p.total, p.matched), (4, 4));
+    let listed: Vec<SessionInfo> = h.list(None);
+    assert_eq!(p.sessions, listed);
+}
+
+#[test]
+fn page_filters_by_user_state_kind_and_text() {
+    let mut h = Harness::fixed(Some(600));
+    h.init_now(call_from("c1", "alice"));
+    h.init_now(call_from("c2", "bob"));
+    h.start("c2", None);
+    h.init_now(
+        InitRequest::new(
+            "C3-Needle@h",
+            "<sip:carol@example.com>",
+            "sip:dave@example.com",
+        )
+        .prepaid(false),
+    );
+    let q = |f: fn(&mut ListQuery)| {
+        let mut q = ListQuery::first(100);
+        f(&mut q);
+        q
+    };
+    let p = page(&mut h, q(|q| q.user = Some("bob@".into())));
+    assert_eq!((ids(&p), p.matched, p.total), (vec!["c2"], 1, 3));
+    let p = page(
+        &mut h,
+        q(|q| q.states = Some(vec![SessionState::InProgress])),
+    );
+    assert_eq!(ids(&p), ["c2"]);
+    let p = page(
+        &mut h,
+        q(|q| q.states = Some(vec![SessionState::Pending, SessionState::Ending])),
+    );
+    assert_eq!(ids(&p), ["C3-Needle@h", "c1"]);
+    // Case-insensitive text in the Call-ID, From, R-URI or billing party.
+    let p = page(&mut h, q(|q| q.text = Some("nEEdle".into())));
+    assert_eq!(ids(&p), ["C3-Needle@h"]);
+    let p = page(&mut h, q(|q| q.text = Some("DAVE".into())));
+    assert_eq!(ids(&p), ["C3-Needle@h"]);
+    let p = page(&mut h, q(|q| q.text = Some("alice@EXAMPLE".into())));
+    assert_eq!(ids(&p), ["c1"]);
+    let p = page(&mut h, q(|q| q.text = Some("nobody".into())));
+    assert_eq!((p.sessions.len(), p.matched, p.total), (0, 0, 3));
+    // Neither call is prepaid (postpaid or unknown).
+    let p = page(&mut h, q(|q| q.prepaid = Some(true)));
+    assert_eq!(p.matched, 0);
+    let p = page(&mut h, q(|q| q.prepaid = Some(false)));
+    assert_eq!(p.matched, 3);
+}
+
+#[test]
+fn page_filters_prepaid_sessions() {
+    let mut h = Harness::new(EngineConfig {
+        limit: Some(600),
+        ..Default::default()
+    });
+    h.prepaid_init(call("p1").prepaid(true), Ok(Authorisation::prepaid(100)));
+    h.init_now(call("q1").prepaid(false));
+    let p = page(
+        &mut h,
+        ListQuery {
+            prepaid: Some(true),
+            ..ListQuery::first(10)
+        },
+    );
+    assert_eq!(ids(&p), ["p1"]);
+    assert!(p.sessions[0].prepaid);
+}
+
+#[test]
+fn offset_and_cursor_pages_walk_the_list_once_in_order() {
+    let mut h = Harness::fixed(Some(600));
+    for i in 0..57 {
+        // Several sessions per millisecond, inserted out of Call-ID order.
+        h.init_now(call(&format!("c{:02}", (i * 7) % 57)));
+        if i % 5 == 4 {
+            h.advance_millis(1);
+        }
+    }
+    let all: Vec<String> = h.list(None).iter().map(|s| s.call_id.to_string()).collect();
+    assert_eq!(all.len(), 57);
+    // Offset paging.
+    let mut by_offset = Vec::new();
+    for offset in (0..60).step_by(10) {
+        let p = page(
+            &mut h,
+            ListQuery {
+                offset,
+                ..ListQuery::first(10)
+            },
+        );
+        assert_eq!(p.matched, 57);
+        assert_eq!(p.sessions.len(), 10.min(57 - offset.min(57)));
+        by_offset.extend(p.sessions.iter().map(|s| s.call_id.to_string()));
+    }
+    assert_eq!(by_offset, all);
+    // Cursor paging.
+    let mut by_cursor = Vec::new();
+    let mut q = ListQuery::first(8);
+    loop {
+        let p = page(&mut h, q.clone());
+        by_cursor.extend(p.sessions.iter().map(|s| s.call_id.to_string()));
+        match p.sessions.last() {
+            Some(last) if p.sessions.len() == q.limit => q = q.next_after(last),
+            _ => break,
+        }
+    }
+    assert_eq!(by_cursor, all);
+    // Cursor and offset together; beyond the end is empty.
+    let first = page(&mut h, ListQuery::first(3));
+    let q = ListQuery {
+        offset: 2,
+        ..ListQuery::first(3).next_after(&first.sessions[2])
+    };
+    assert_eq!(ids(&page(&mut h, q)), all[5..8].to_vec());
+    let p = page(
+        &mut h,
+        ListQuery {
+            offset: 57,
+            ..ListQuery::first(10)
+        },
+    );
+    assert!(p.sessions.is_empty());
+    assert_eq!(page(&mut h, ListQuery::first(0)).sessions.len(), 0);
+}
+
+#[test]
+fn a_page_of_50_out_of_100000_sessions_is_exactly_50() {
+    let mut h = Harness::fixed(Some(3600));
+    for i in 0..100_000 {
+        h.engine
+            .handle(h.now, 0, Request::Init(call(&format!("bulk-{i:06}"))));
+        if i % 1000 == 999 {
+            h.advance_millis(1);
+        }
+    }
+    while h.engine.poll_effect().is_some() {}
+    let _ = h.engine.take_changes();
+    assert_eq!(h.engine.len(), 100_000);
+    let p = h.engine.page(
+        h.now,
+        &ListQuery {
+            offset: 50_000,
+            ..ListQuery::first(50)
+        },
+    );
+    assert_eq!(
+        (p.total, p.matched, p.sessions.len()),
+        (100_000, 100_000, 50)
+    );
+    assert_eq!(p.sessions[0].call_id.as_str(), "bulk-050000");
+    assert_eq!(p.sessions[49].call_id.as_str(), "bulk-050049");
+    let p = h.engine.page(h.now, &ListQuery::first(50));
+    assert_eq!(p.sessions.len(), 50);
+    assert_eq!(p.sessions[49].call_id.as_str(), "bulk-000049");
+}

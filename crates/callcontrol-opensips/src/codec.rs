@@ -319,7 +319,7 @@ pub fn command_name(request: &Request) -> &'static str {
         Request::Init(_) => "init",
         Request::Start(_) => "start",
         Request::Stop { .. } => "stop",
-        Request::List { .. } | Request::Show { .. } => "debug",
+        Request::List { .. } | Request::Show { .. } | Request::Page(_) => "debug",
         Request::Terminate { .. } => "terminate",
     }
 }
@@ -334,6 +334,7 @@ pub fn write_reply(reply: &Reply, call_id: Option<&str>, out: &mut Vec<u8>) {
         }
         Reply::Start(f) | Reply::Stop(f) => out.extend_from_slice(found_line(*f)),
         Reply::Sessions(list) => cmd::debug::write_list(list, out),
+        Reply::Page(page) => cmd::debug::write_list(&page.sessions, out),
         Reply::Session(s) => cmd::debug::write_show(s.as_ref(), call_id.unwrap_or(""), out),
         Reply::Terminate(f) => cmd::terminate::write_reply(*f, call_id.unwrap_or(""), out),
     }
@@ -360,7 +361,9 @@ pub fn write_request(request: &Request, out: &mut Vec<u8>) {
         Request::Init(r) => cmd::init::write_request(r, out),
         Request::Start(r) => cmd::start::write_request(r, out),
         Request::Stop { call_id } => cmd::stop::write_request(call_id.as_str(), out),
-        Request::List { .. } | Request::Show { .. } => cmd::debug::write_request(request, out),
+        Request::List { .. } | Request::Show { .. } | Request::Page(_) => {
+            cmd::debug::write_request(request, out)
+        }
         Request::Terminate { call_id } => cmd::terminate::write_request(call_id.as_str(), out),
     }
 }
@@ -434,6 +437,10 @@ pub const MAX_REPLY: usize = 64 * 1024 * 1024;
 pub struct ReplyDecoder {
     buf: BytesMut,
     max: usize,
+    /// Bytes of `buf` already scanned for the end of a reply with this
+    /// framing (no end in them), so each byte is looked at about once
+    /// however the reply is split into reads.
+    scanned: (usize, ReplyFraming),
 }
 
 impl Default for ReplyDecoder {
@@ -448,6 +455,7 @@ impl ReplyDecoder {
         ReplyDecoder {
             buf: BytesMut::with_capacity(512),
             max: MAX_REPLY,
+            scanned: (0, ReplyFraming::Line),
         }
     }
     /// Appends received bytes.
@@ -466,26 +474,37 @@ impl ReplyDecoder {
     /// The raw reply with the given framing: one line without its line end,
     /// or the lines of a block (empty lines dropped).
     pub fn decode_raw(&mut self, framing: ReplyFraming) -> Option<Result<Vec<String>, ReplyError>> {
+        // Resume where the last call stopped: a line end found there may
+        // start the block's end, so back up over the last two bytes.
+        let scanned = if self.scanned.1 == framing {
+            self.scanned.0
+        } else {
+            0
+        };
+        let from = scanned.saturating_sub(2).min(self.buf.len());
         let end = match framing {
-            ReplyFraming::Line => self
-                .buf
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| (i, i + 1)),
+            ReplyFraming::Line => {
+                memchr::memchr(b'\n', &self.buf[from..]).map(|i| (from + i, from + i + 1))
+            }
             // The end of a block is a line end, an optional CR, a line end.
-            ReplyFraming::Block => self.buf.windows(2).enumerate().find_map(|(i, w)| match w {
-                [b'\n', b'\n'] => Some((i, i + 2)),
-                [b'\n', b'\r'] if self.buf.get(i + 2) == Some(&b'\n') => Some((i, i + 3)),
-                _ => None,
-            }),
+            ReplyFraming::Block => memchr::memchr_iter(b'\n', &self.buf[from..])
+                .map(|i| from + i)
+                .find_map(|i| match (self.buf.get(i + 1), self.buf.get(i + 2)) {
+                    (Some(b'\n'), _) => Some((i, i + 2)),
+                    (Some(b'\r'), Some(b'\n')) => Some((i, i + 3)),
+                    _ => None,
+                }),
         };
         let Some((content_end, consumed)) = end else {
             if self.buf.len() > self.max {
                 self.buf.clear();
+                self.scanned.0 = 0;
                 return Some(Err(ReplyError::TooLong(self.max)));
             }
+            self.scanned = (self.buf.len(), framing);
             return None;
         };
+        self.scanned.0 = 0;
         let text = std::str::from_utf8(&self.buf[..content_end]).map(|t| {
             t.split('\n')
                 .map(|l| l.trim_end_matches('\r'))
@@ -514,7 +533,7 @@ fn interpret(request: &Request, lines: Vec<String>) -> Result<ClientReply, Reply
     }
     if let Some(rest) = first.strip_prefix("Call id ") {
         if let Some(id) = rest.strip_suffix(" does not exist") {
-            if !matches!(request, Request::List { .. }) {
+            if !matches!(request, Request::List { .. } | Request::Page(_)) {
                 return Ok(ClientReply::NoSuchCall(id.to_string()));
             }
         }
@@ -532,7 +551,7 @@ fn interpret(request: &Request, lines: Vec<String>) -> Result<ClientReply, Reply
             Ok(ClientReply::Terminated)
         }
         Request::Terminate { .. } => Err(ReplyError::Unexpected(first.to_string())),
-        Request::List { .. } => lines
+        Request::List { .. } | Request::Page(_) => lines
             .iter()
             .map(|l| SessionRow::parse(l).ok_or_else(|| ReplyError::Unexpected(l.clone())))
             .collect::<Result<Vec<_>, _>>()
@@ -589,6 +608,38 @@ mod tests {
             call_limit: 0,
             call_token: None,
             sip_application: None,
+        }
+    }
+
+    #[test]
+    fn reply_decoder_finds_block_ends_split_across_reads() {
+        let list = Request::List { user: None };
+        let init = Request::Init(opensips_init());
+        for end in [&b"\n\n"[..], b"\r\n\r\n", b"\n\r\n"] {
+            let mut bytes = b"Call id a of u@h to sip:x@y: pending\r\n\
+                              Call id b of u@h to sip:x@y: pending"
+                .to_vec();
+            bytes.extend_from_slice(end);
+            bytes.extend_from_slice(b"Limited\r\n");
+            for size in 1..=5 {
+                let mut d = ReplyDecoder::new();
+                let mut got = None;
+                for chunk in bytes.chunks(size) {
+                    d.feed(chunk);
+                    if got.is_none() {
+                        got = d.decode(&list);
+                    }
+                }
+                let Some(Ok(ClientReply::Sessions(rows))) = got else {
+                    panic!("{end:?} in reads of {size}: {got:?}");
+                };
+                assert_eq!(rows.len(), 2, "{end:?} in reads of {size}");
+                assert_eq!(
+                    d.decode(&init),
+                    Some(Ok(ClientReply::Init(InitReply::Limited)))
+                );
+                assert_eq!(d.buffered(), 0);
+            }
         }
     }
 

@@ -28,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use callcontrol_core::driver::Handle;
-use callcontrol_core::request::{Reply, Request};
+use callcontrol_core::error::DriverError;
+use callcontrol_core::request::{ListQuery, Reply, Request};
 use callcontrol_core::types::CallId;
 
+use crate::cmd::debug as debug_cmd;
 use crate::codec::{command_name, write_reply, Decoder, ReplyFraming};
 use crate::error::ProtocolError;
 
@@ -201,6 +203,29 @@ where
                     let framing = ReplyFraming::of(&request);
                     let call_id = call_id_of(&request);
                     let started = config.on_request.as_ref().map(|_| Instant::now());
+                    if let Request::List { user } = request {
+                        // Streamed page by page: the engine is never busy
+                        // with more than a page while `init`s wait.
+                        match write_list_paged(&mut stream, &handle, user).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err((e, nothing_sent))) => {
+                                warn!("{e}: answering {name} with Error ({call_id})");
+                                if nothing_sent {
+                                    stream.write_all(b"Error\r\n\r\n").await?;
+                                }
+                                stream.flush().await?;
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                warn!("Client gone before the reply to {name} ({call_id}): {e}");
+                                return Err(e);
+                            }
+                        }
+                        if let (Some(hook), Some(t)) = (&config.on_request, started) {
+                            hook(name, t.elapsed(), &Reply::Sessions(Vec::new()));
+                        }
+                        continue;
+                    }
                     let reply = match handle.request(request).await {
                         Ok(r) => r,
                         Err(e) => {
@@ -265,6 +290,50 @@ fn call_id_of(request: &Request) -> CallId {
         Request::Stop { call_id } | Request::Show { call_id } | Request::Terminate { call_id } => {
             call_id.clone()
         }
-        Request::List { .. } => CallId::new("-"),
+        Request::List { .. } | Request::Page(_) => CallId::new("-"),
+    }
+}
+
+/// Rows per engine request when the session list is streamed.
+const LIST_PAGE: usize = 1000;
+
+/// Writes the `debug` / `show: sessions` reply, byte for byte the same as
+/// [`write_reply`] of the whole list, fetching it from the engine a page at a
+/// time (cursor on `(created, call_id)`) and writing each page before asking
+/// for the next. The inner `Err` is the engine stopping, with whether
+/// nothing was written yet.
+async fn write_list_paged<W>(
+    stream: &mut W,
+    handle: &Handle,
+    user: Option<String>,
+) -> io::Result<Result<(), (DriverError, bool)>>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut query = ListQuery {
+        user,
+        ..ListQuery::first(LIST_PAGE)
+    };
+    let mut first = true;
+    let mut out = Vec::new();
+    loop {
+        let page = match handle.page(query.clone()).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err((e, first))),
+        };
+        out.clear();
+        debug_cmd::write_list_rows(&page.sessions, first, &mut out);
+        first = first && page.sessions.is_empty();
+        match page.sessions.last() {
+            Some(last) if page.sessions.len() >= LIST_PAGE => {
+                query = query.next_after(last);
+                stream.write_all(&out).await?;
+            }
+            _ => {
+                debug_cmd::write_list_end(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(Ok(()));
+            }
+        }
     }
 }

@@ -179,3 +179,50 @@ async fn admin_show_session_lists_fields() {
     assert_eq!(info.limit, Some(600));
     assert_eq!(info.state, callcontrol_core::types::SessionState::Pending);
 }
+
+// A list longer than one engine page is streamed page by page and is byte
+// for byte the reply the whole list encodes to.
+#[tokio::test(start_paused = true)]
+async fn a_long_session_list_is_streamed_byte_identical() {
+    use callcontrol_core::prelude::*;
+    use callcontrol_opensips::codec::encode_reply;
+
+    let d = Daemon::start(Some(600), Arc::new(RecordingSignalling::new())).await;
+    for i in 0..2_345 {
+        let user = if i % 3 == 0 { "alice" } else { "bob" };
+        let req = InitRequest::new(
+            format!("long-{:05}@h", (i * 7919) % 2_345),
+            format!("<sip:{user}@example.com>"),
+            "sip:2000@example.com",
+        );
+        assert_eq!(d.handle.init(req).await.unwrap(), InitReply::Limited);
+        if i % 100 == 0 {
+            let id = format!("long-{:05}@h", (i * 7919) % 2_345);
+            d.handle
+                .start(StartRequest {
+                    call_id: CallId::new(id),
+                    dialog_id: None,
+                })
+                .await
+                .unwrap();
+            tokio::time::advance(std::time::Duration::from_millis(1500)).await;
+        }
+    }
+    let mut c = UnixStream::connect(&d.socket).await.unwrap();
+    for (request, user) in [
+        (&b"debug\r\nshow: sessions\r\n\r\n"[..], None),
+        (
+            b"debug\r\nshow: sessions\r\nuser: alice@\r\n\r\n",
+            Some("alice@"),
+        ),
+        (
+            b"debug\r\nshow: sessions\r\nuser: carol\r\n\r\n",
+            Some("carol"),
+        ),
+    ] {
+        let whole = encode_reply(&Reply::Sessions(d.handle.list(user).await.unwrap()), None);
+        replay(&mut c, request, &whole).await;
+    }
+    // Nothing more was sent: the next reply is the next request's.
+    replay(&mut c, b"stop\r\ncallid: nope\r\n\r\n", b"Not found\r\n").await;
+}

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use callcontrol_core::request::Request;
+use callcontrol_core::request::{ListQuery, Request};
 use callcontrol_core::session::SessionInfo;
 use callcontrol_core::types::{CallId, DialogId, SessionState, Timestamp};
 
@@ -47,7 +47,7 @@ pub(crate) fn parse(p: &Params<'_>) -> Result<Request, ProtocolError> {
 
 pub(crate) fn write_request(r: &Request, out: &mut Vec<u8>) {
     match r {
-        Request::List { user } => {
+        Request::List { user } | Request::Page(ListQuery { user, .. }) => {
             out.extend_from_slice(b"debug\r\nshow: sessions\r\n");
             if let Some(u) = user {
                 out.extend_from_slice(format!("user: {u}\r\n").as_bytes());
@@ -70,15 +70,27 @@ pub(crate) fn write_no_such_call(call_id: &str, out: &mut Vec<u8>) {
 }
 
 pub(crate) fn write_list(list: &[SessionInfo], out: &mut Vec<u8>) {
+    write_list_rows(list, true, out);
+    write_list_end(out);
+}
+
+/// Appends list lines, for a reply streamed page by page: `first` is
+/// whether these are the reply's first rows (every later row is preceded by
+/// the `\r\n` that joins it to the one before). End with [`write_list_end`].
+pub(crate) fn write_list_rows(list: &[SessionInfo], first: bool, out: &mut Vec<u8>) {
     let mut s = String::new();
     for (i, info) in list.iter().enumerate() {
-        if i > 0 {
+        if i > 0 || !first {
             s.push_str("\r\n");
         }
         SessionRow::from(info).write(&mut s);
     }
-    s.push_str("\r\n\r\n");
     out.extend_from_slice(s.as_bytes());
+}
+
+/// Ends a list reply (an empty list is just this).
+pub(crate) fn write_list_end(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 pub(crate) fn write_show(info: Option<&SessionInfo>, call_id: &str, out: &mut Vec<u8>) {
@@ -294,6 +306,31 @@ mod tests {
         let orig = SessionRow::parse("Call id x of a@b to sip:c@d: pending").unwrap();
         assert_eq!(orig.state, "pending");
         assert_eq!(orig.ruri, "sip:c@d");
+    }
+
+    #[test]
+    fn a_list_streamed_in_pages_is_byte_identical_to_the_whole() {
+        let rows: Vec<SessionInfo> = (0..5)
+            .map(|i| SessionInfo {
+                call_id: CallId::new(format!("c{i}")),
+                ..info()
+            })
+            .collect();
+        for n in 0..=rows.len() {
+            let mut whole = Vec::new();
+            write_list(&rows[..n], &mut whole);
+            for size in 1..=3 {
+                let mut streamed = Vec::new();
+                for (k, chunk) in rows[..n].chunks(size).enumerate() {
+                    write_list_rows(chunk, k == 0, &mut streamed);
+                }
+                write_list_end(&mut streamed);
+                assert_eq!(streamed, whole, "{n} rows in pages of {size}");
+            }
+        }
+        let mut empty = Vec::new();
+        write_list(&[], &mut empty);
+        assert_eq!(empty, b"\r\n\r\n");
     }
 
     #[test]
