@@ -354,6 +354,10 @@ impl Config {
                 self.kamailio.retries = v.parse().map_err(|_| "expected a number of retries")?
             }
             ("kamailio", "retry_delay") => self.kamailio.retry_delay = parse_millis(v)?,
+            // Kamailio's command name; empty or None: close no connection at accept.
+            ("kamailio", "process_name") => {
+                self.kamailio.process_name = if none { String::new() } else { v.to_string() }
+            }
             ("web", "address") => self.web.address = v.to_string(),
             ("web", "port") => {
                 self.web.port = if none || v.is_empty() {

@@ -475,7 +475,7 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
     }
 
     let mut rating = build_rating(config)?;
-    let mut signalling = build_signalling(config)?;
+    let mut signalling = build_signalling(config, &options.runtime_dir)?;
     // With the web interface on, the backends are metered for /metrics.
     let metrics = config.web.enabled().then(crate::web::Metrics::new);
     if let Some(m) = &metrics {
@@ -546,8 +546,8 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
     if config.call_control.proxy == ProxyKind::Kamailio {
         // Kamailio's module shares one pre-fork connection between all its
         // processes unless the daemon closes it (docs/kamailio.md).
-        server_cfg.close_at_accept = Some(Arc::new(
-            callcontrol_opensips::kamailio::close_pre_fork_connection,
+        server_cfg.close_at_accept = Some(callcontrol_opensips::kamailio::pre_fork_filter(
+            &config.kamailio.process_name,
         ));
     }
     if let Some(m) = &metrics {
@@ -618,14 +618,24 @@ fn build_rating(config: &Config) -> anyhow::Result<Arc<dyn RatingBackend>> {
     Ok(Arc::new(client))
 }
 
-fn build_signalling(config: &Config) -> anyhow::Result<Arc<dyn SignallingBackend>> {
+/// The proxy's backend. Its datagram reply socket goes in `runtime_dir`
+/// unless `reply_dir` is set, and gets the control socket's group and mode.
+fn build_signalling(
+    config: &Config,
+    runtime_dir: &Path,
+) -> anyhow::Result<Arc<dyn SignallingBackend>> {
+    let group = Some(config.call_control.group.as_str()).filter(|g| !g.is_empty());
     match config.call_control.proxy {
         ProxyKind::None => {
             warn!("[CallControl] proxy = none: calls that reach their limit are not ended");
             Ok(Arc::new(LogSignalling))
         }
         ProxyKind::Opensips => {
-            let mi = MiClient::new(config.opensips.clone())
+            let mut mi_config = config.opensips.clone();
+            mi_config
+                .reply_dir
+                .get_or_insert_with(|| runtime_dir.to_path_buf());
+            let mi = MiClient::with_reply_group(mi_config, group)
                 .map_err(|e| anyhow!("[OpenSIPS]: cannot set up the MI client: {e}"))?;
             info!(
                 "Calls are ended through the OpenSIPS MI ({})",
@@ -634,7 +644,11 @@ fn build_signalling(config: &Config) -> anyhow::Result<Arc<dyn SignallingBackend
             Ok(Arc::new(mi))
         }
         ProxyKind::Kamailio => {
-            let backend = Kamailio::new(config.kamailio.clone())
+            let mut k_config = config.kamailio.clone();
+            k_config
+                .reply_dir
+                .get_or_insert_with(|| runtime_dir.to_path_buf());
+            let backend = Kamailio::with_reply_group(k_config, group)
                 .map_err(|e| anyhow!("[Kamailio]: cannot bind the RPC reply socket: {e}"))?;
             info!(
                 "Dialogs are ended with dlg.end_dlg through Kamailio's jsonrpcs interface {}",

@@ -255,6 +255,26 @@ struct StateOut<'a> {
 }
 
 /// Writes `mirror` as the snapshot file, atomically.
+/// Opens `path` for writing (truncated, or appended to), creating it with
+/// mode 0600: the journal and snapshot hold Call-IDs and SIP URIs, which are
+/// personal data. A file an older version created with a wider mode is
+/// narrowed too. (`.old` is the journal renamed, so it keeps its mode.)
+fn create_private(path: &Path, truncate: bool) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut opts = OpenOptions::new();
+    opts.create(true).mode(0o600);
+    if truncate {
+        opts.write(true).truncate(true);
+    } else {
+        opts.append(true);
+    }
+    let file = opts.open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 fn write_snapshot(
     dir: &Path,
     mirror: &Mirror,
@@ -274,7 +294,7 @@ fn write_snapshot(
     let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private(&tmp, true)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
@@ -326,10 +346,7 @@ impl Journal {
         for d in snapshot.debits {
             mirror.debits.insert(d.seq, Arc::new(d));
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(JOURNAL_FILE))?;
+        let file = create_private(&dir.join(JOURNAL_FILE), false)?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             file,
@@ -509,10 +526,7 @@ impl Inner {
         }
         self.file.sync_data()?;
         fs::rename(self.dir.join(JOURNAL_FILE), self.dir.join(OLD_JOURNAL_FILE))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(JOURNAL_FILE))?;
+        let file = create_private(&self.dir.join(JOURNAL_FILE), false)?;
         sync_dir(&self.dir);
         self.file = file;
         self.len = 0;
@@ -937,6 +951,23 @@ mod tests {
         let j = Journal::open(&dir, opts()).unwrap();
         assert_eq!(j.snapshot().sessions.len(), 1);
         assert!(j.recovery().dropped_bytes > 0);
+    }
+
+    #[test]
+    fn journal_and_snapshot_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tmp();
+        // A journal an older version left world-readable is narrowed.
+        fs::write(dir.join(JOURNAL_FILE), b"").unwrap();
+        fs::set_permissions(dir.join(JOURNAL_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        let mut j = Journal::open(&dir, opts()).unwrap();
+        j.apply(&[StoreChange::Session(session("p1"))]).unwrap();
+        j.compact().unwrap();
+        assert_eq!(mode(dir.join(JOURNAL_FILE)), 0o600);
+        assert_eq!(mode(dir.join(SNAPSHOT_FILE)), 0o600);
+        drop(j);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

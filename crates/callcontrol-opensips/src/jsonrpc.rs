@@ -5,7 +5,13 @@
 //! **Datagram** (OpenSIPS `mi_datagram`, Kamailio `jsonrpcs` `dgram_socket`):
 //! one request per datagram, sent from a socket bound to a path of our own
 //! (the proxy answers to the sender's address, and sends nothing back to an
-//! unbound socket), made writable for the proxy's user. One reader task
+//! unbound socket), made writable for the proxy's group (mode 0660 and the
+//! group of [`ReplySocket::group`], as the control socket; 0666 when that
+//! group does not exist). Reply sockets a previous run left behind in the
+//! same directory are removed when a new one is bound. A reply sent from a
+//! named socket other than the proxy's is dropped (the proxies answer from
+//! an unnamed socket, so this does not authenticate them: the directory and
+//! the socket's mode do). One reader task
 //! takes every reply and hands it to the waiting request by its `id`, so many
 //! requests can be in flight. A plain-text reply (`<code> <message>`, which
 //! OpenSIPS sends for internal errors) carries no id: it goes to the oldest
@@ -74,6 +80,59 @@ impl Pending {
 
 static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The prefix of every reply socket's name: `callcontrol-rpc-<pid>-<n>.sock`.
+const REPLY_PREFIX: &str = "callcontrol-rpc-";
+
+/// Where and how the datagram reply socket is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplySocket {
+    /// The directory (default: the system temp dir; the daemon passes its
+    /// runtime dir). The proxy must be able to reach it.
+    pub dir: Option<PathBuf>,
+    /// The group given the socket with mode 0660 (the control socket's
+    /// `[CallControl] group`); mode 0666 when unset or unknown.
+    pub group: Option<String>,
+}
+
+/// The pid in a reply socket's file name, if `name` is one.
+fn reply_socket_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(REPLY_PREFIX)?.strip_suffix(".sock")?;
+    let (pid, seq) = rest.split_once('-')?;
+    seq.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the reply sockets in `dir` left by runs that are gone: those of
+/// another pid that nobody is bound to any more.
+fn remove_stale_reply_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(reply_socket_pid) else {
+            continue;
+        };
+        let path = entry.path();
+        let is_socket = entry.file_type().is_ok_and(|t| {
+            use std::os::unix::fs::FileTypeExt;
+            t.is_socket()
+        });
+        if pid == me || !is_socket {
+            continue;
+        }
+        // Bound by a live process (another daemon sharing the dir): keep.
+        let live = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(&path))
+            .is_ok();
+        if !live {
+            debug!("Removing stale reply socket {}", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// JSON-RPC over a Unix datagram socket. Dropping it stops its reader task
 /// and removes its reply socket.
 pub struct DatagramClient {
@@ -96,37 +155,44 @@ impl std::fmt::Debug for DatagramClient {
 
 impl DatagramClient {
     /// Binds a reply socket in `reply_dir` (default: the system temp dir;
-    /// use a runtime dir the proxy can reach) and starts the reader task.
-    /// Must be called inside a tokio runtime. The target need not exist yet.
+    /// use a runtime dir the proxy can reach) with mode 0666, and starts the
+    /// reader task. See [`bind_with`](Self::bind_with).
     pub fn bind(target: impl Into<PathBuf>, reply_dir: Option<&Path>) -> std::io::Result<Self> {
-        let dir = reply_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(std::env::temp_dir);
+        Self::bind_with(
+            target,
+            &ReplySocket {
+                dir: reply_dir.map(Path::to_path_buf),
+                group: None,
+            },
+        )
+    }
+
+    /// Binds a reply socket as `reply` says, after removing the stale ones
+    /// of earlier runs in that directory, and starts the reader task. Must
+    /// be called inside a tokio runtime. The target need not exist yet.
+    pub fn bind_with(target: impl Into<PathBuf>, reply: &ReplySocket) -> std::io::Result<Self> {
+        let dir = reply.dir.clone().unwrap_or_else(std::env::temp_dir);
+        remove_stale_reply_sockets(&dir);
         let reply_path = dir.join(format!(
-            "callcontrol-rpc-{}-{}.sock",
+            "{REPLY_PREFIX}{}-{}.sock",
             std::process::id(),
             SOCKET_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&reply_path);
         let socket = UnixDatagram::bind(&reply_path)?;
-        // The proxy usually runs as another user: let it answer.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Err(e) =
-                std::fs::set_permissions(&reply_path, std::fs::Permissions::from_mode(0o666))
-            {
-                warn!(
-                    "Cannot make {} writable for the proxy: {e}",
-                    reply_path.display()
-                );
-            }
-        }
+        // The proxy usually runs as another user: let its group answer.
+        crate::server::restrict_to_group(&reply_path, reply.group.as_deref());
+        let target = target.into();
         let socket = Arc::new(socket);
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let reader = tokio::spawn(read_replies(socket.clone(), pending.clone()));
+        let reader = tokio::spawn(read_replies(
+            socket.clone(),
+            pending.clone(),
+            target.clone(),
+        ));
         Ok(DatagramClient {
             socket,
-            target: target.into(),
+            target,
             reply_path,
             pending,
             next_id: AtomicU64::new(1),
@@ -189,11 +255,37 @@ fn lock(p: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn read_replies(socket: Arc<UnixDatagram>, pending: Arc<Mutex<Pending>>) {
+/// Whether a datagram from `sender` may be a reply of the proxy at
+/// `target`: yes from an unnamed socket (the proxies answer from one, so
+/// the sender is unknown), no from a named socket other than `target`.
+fn from_proxy(sender: Option<&Path>, target: &Path) -> bool {
+    match sender {
+        None => true,
+        Some(p) => {
+            p == target
+                || matches!(
+                    (std::fs::canonicalize(p), std::fs::canonicalize(target)),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        }
+    }
+}
+
+async fn read_replies(socket: Arc<UnixDatagram>, pending: Arc<Mutex<Pending>>, target: PathBuf) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let n = match socket.recv(&mut buf).await {
-            Ok(n) => n,
+        let n = match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if !from_proxy(from.as_pathname(), &target) {
+                    warn!(
+                        "Dropping a datagram on the JSON-RPC reply socket from {} (not the proxy's {})",
+                        from.as_pathname().map(Path::display).map_or_else(String::new, |d| d.to_string()),
+                        target.display()
+                    );
+                    continue;
+                }
+                n
+            }
             Err(e) => {
                 warn!("JSON-RPC reply socket error: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -387,6 +479,10 @@ impl RpcClient {
     pub fn datagram(target: impl Into<PathBuf>, reply_dir: Option<&Path>) -> std::io::Result<Self> {
         DatagramClient::bind(target, reply_dir).map(RpcClient::Datagram)
     }
+    /// A datagram client; see [`DatagramClient::bind_with`].
+    pub fn datagram_with(target: impl Into<PathBuf>, reply: &ReplySocket) -> std::io::Result<Self> {
+        DatagramClient::bind_with(target, reply).map(RpcClient::Datagram)
+    }
     /// An HTTP client; see [`HttpClient::new`].
     pub fn http(url: &str) -> Result<Self, RpcError> {
         HttpClient::new(url).map(RpcClient::Http)
@@ -487,5 +583,99 @@ mod tests {
         drop(missing);
         drop(Arc::try_unwrap(client).unwrap());
         assert!(!reply_path.exists());
+    }
+
+    #[test]
+    fn reply_socket_names_and_senders() {
+        assert_eq!(reply_socket_pid("callcontrol-rpc-42-0.sock"), Some(42));
+        assert_eq!(reply_socket_pid("callcontrol-rpc-42.sock"), None);
+        assert_eq!(reply_socket_pid("callcontrol-rpc-x-1.sock"), None);
+        assert_eq!(reply_socket_pid("socket"), None);
+        let proxy = Path::new("/run/kamailio/kamailio_rpc.sock");
+        assert!(from_proxy(None, proxy), "unnamed sender: unknown, kept");
+        assert!(from_proxy(Some(proxy), proxy));
+        assert!(!from_proxy(Some(Path::new("/tmp/evil.sock")), proxy));
+    }
+
+    #[tokio::test]
+    async fn reply_socket_is_private_and_stale_ones_go() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // Left by a run that is gone: a socket nobody is bound to.
+        let stale = dir.path().join("callcontrol-rpc-999999999-3.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&stale).unwrap());
+        // Bound by a live process: kept.
+        let live = dir.path().join("callcontrol-rpc-999999998-0.sock");
+        let _live = std::os::unix::net::UnixDatagram::bind(&live).unwrap();
+        let other = dir.path().join("unrelated.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&other).unwrap());
+
+        // A group that exists (ours): mode 0660.
+        let gid = nix::unistd::getegid();
+        let group = nix::unistd::Group::from_gid(gid).unwrap().map(|g| g.name);
+        let reply = ReplySocket {
+            dir: Some(dir.path().to_path_buf()),
+            group: group.clone(),
+        };
+        let client = DatagramClient::bind_with(dir.path().join("mi.sock"), &reply).unwrap();
+        assert!(!stale.exists());
+        assert!(live.exists() && other.exists());
+        let mode = std::fs::metadata(client.reply_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, if group.is_some() { 0o660 } else { 0o666 });
+        // No such group: 0666, as the control socket.
+        let open = DatagramClient::bind_with(
+            dir.path().join("mi.sock"),
+            &ReplySocket {
+                dir: Some(dir.path().to_path_buf()),
+                group: Some("no-such-group-callcontrol".into()),
+            },
+        )
+        .unwrap();
+        let mode = std::fs::metadata(open.reply_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o666);
+    }
+
+    #[tokio::test]
+    async fn a_forged_reply_from_another_socket_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let server_path = dir.path().join("mi.sock");
+        let server = UnixDatagram::bind(&server_path).unwrap();
+        let forger = UnixDatagram::bind(dir.path().join("forger.sock")).unwrap();
+        let client = Arc::new(DatagramClient::bind(&server_path, Some(dir.path())).unwrap());
+        let c = client.clone();
+        let call = tokio::spawn(async move {
+            c.call("dlg_end_dlg", json!([1]), Duration::from_secs(5))
+                .await
+        });
+        let mut buf = [0u8; 1024];
+        let (n, from) = server.recv_from(&mut buf).await.unwrap();
+        let v: Value = serde_json::from_slice(&buf[..n]).unwrap();
+        let to = from.as_pathname().unwrap().to_path_buf();
+        let forged = json!({"jsonrpc": "2.0", "result": "OK", "id": v["id"]});
+        forger
+            .send_to(&serde_json::to_vec(&forged).unwrap(), &to)
+            .await
+            .unwrap();
+        let real =
+            json!({"jsonrpc": "2.0", "error": {"code": 404, "message": "gone"}, "id": v["id"]});
+        server
+            .send_to(&serde_json::to_vec(&real).unwrap(), &to)
+            .await
+            .unwrap();
+        assert_eq!(
+            call.await.unwrap(),
+            Err(RpcError::Remote {
+                code: 404,
+                message: "gone".into()
+            })
+        );
     }
 }

@@ -46,11 +46,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::RpcError;
-use crate::jsonrpc::RpcClient;
+use crate::jsonrpc::{ReplySocket, RpcClient};
 
 /// Kamailio's default `jsonrpcs` datagram socket (`<rundir>/kamailio_rpc.sock`
 /// with the Debian package's run dir).
 pub const DEFAULT_SOCKET: &str = "/run/kamailio/kamailio_rpc.sock";
+
+/// Kamailio's command name.
+pub const DEFAULT_PROCESS_NAME: &str = "kamailio";
 
 /// The `[Kamailio]` section of `config.ini`, selected by
 /// `[CallControl] proxy = kamailio`.
@@ -65,7 +68,8 @@ pub struct KamailioConfig {
     /// 1), e.g. `http://127.0.0.1:5060/RPC`; unset = the datagram socket.
     pub url: Option<String>,
     /// `reply_dir`: where the daemon binds its own reply socket, which
-    /// Kamailio must be able to write to; unset = the system temp dir.
+    /// Kamailio must be able to write to; unset = the system temp dir (the
+    /// daemon uses its runtime dir).
     pub reply_dir: Option<PathBuf>,
     /// `timeout`: milliseconds to wait for each reply.
     #[serde(with = "millis")]
@@ -78,6 +82,11 @@ pub struct KamailioConfig {
     /// every further one.
     #[serde(with = "millis")]
     pub retry_delay: Duration,
+    /// `process_name`: Kamailio's process (command) name, as in
+    /// `/proc/<pid>/comm`. Only a `call_control` connection from a process
+    /// of this name can be taken for the pre-fork one
+    /// ([`close_pre_fork_connection`]); empty = never close any.
+    pub process_name: String,
 }
 
 impl Default for KamailioConfig {
@@ -89,6 +98,7 @@ impl Default for KamailioConfig {
             timeout: Duration::from_millis(1000),
             retries: 2,
             retry_delay: Duration::from_millis(200),
+            process_name: DEFAULT_PROCESS_NAME.into(),
         }
     }
 }
@@ -252,32 +262,84 @@ pub fn parse_dialogs(result: &Value) -> Result<Vec<KamailioDialog>, SignallingEr
 /// reconnects at once — a connection of its own — and sends again, so no
 /// request is lost.
 ///
-/// The peer (by `SO_PEERCRED` pid) is taken for the main process unless its
-/// parent has the same command name and at least one other child of that
-/// name: workers are siblings under the main process, while the main process
-/// is a child of a shell, a supervisor, or Kamailio's daemonising parent
-/// (whose only child it is). Reads `/proc` (world-readable fields only);
-/// where that fails, answers `false` (keep the connection).
-pub fn opened_before_fork(peer_pid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+/// Only a peer (by `SO_PEERCRED` pid) whose command name is `process_name`
+/// (Kamailio's) is considered — any other client, such as
+/// `call-control-cli`, is kept. Such a peer is taken for the main process
+/// unless its parent has the same command name and at least one other child
+/// of that name: see [`is_pre_fork_main`]. Reads `/proc` (world-readable
+/// fields only); where that fails, answers `false` (keep the connection).
+pub fn opened_before_fork(peer_pid: u32, process_name: &str) -> bool {
+    opened_before_fork_in(peer_pid, process_name, read_proc_stat, || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    })
+}
+
+/// Whether command name `comm` (at most 15 bytes, as the kernel keeps it)
+/// is that of the binary `process_name` (a name or a path).
+pub fn is_process_name(comm: &str, process_name: &str) -> bool {
+    let name = process_name.rsplit('/').next().unwrap_or(process_name);
+    if name.is_empty() || comm.is_empty() {
         return false;
-    };
-    let pids = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
-    opened_before_fork_in(peer_pid, read_proc_stat, pids)
+    }
+    // The kernel truncates the command name to 15 bytes.
+    let truncated = name.as_bytes().get(..15).unwrap_or(name.as_bytes());
+    comm.as_bytes() == truncated
+}
+
+/// The decision of [`opened_before_fork`], on what `/proc` tells: the
+/// peer's command name, its parent's (`None`: unknown), and how many other
+/// children of that parent bear the peer's name.
+///
+/// A peer not named `process_name` is never the pre-fork connection. One
+/// that is, is the main process when its parent has another name (a shell,
+/// a supervisor) or is its only child of that name (Kamailio's daemonising
+/// parent); a worker is one of several siblings under the main process.
+pub fn is_pre_fork_main(
+    peer_comm: &str,
+    parent_comm: Option<&str>,
+    same_name_siblings: usize,
+    process_name: &str,
+) -> bool {
+    if !is_process_name(peer_comm, process_name) {
+        return false;
+    }
+    match parent_comm {
+        // A parent we cannot see: keep the connection.
+        None => false,
+        Some(parent) if parent == peer_comm => same_name_siblings == 0,
+        // Started by something else: the main process itself.
+        Some(_) => true,
+    }
 }
 
 /// An accept filter for the `call_control` server
 /// ([`ServerConfig::close_at_accept`](crate::server::ServerConfig::close_at_accept))
 /// that closes the connection Kamailio's main process opened before forking
-/// (see [`opened_before_fork`]).
+/// (see [`opened_before_fork`]), Kamailio's command name being `kamailio`.
 pub fn close_pre_fork_connection(stream: &tokio::net::UnixStream) -> bool {
+    close_pre_fork_connection_of(stream, DEFAULT_PROCESS_NAME)
+}
+
+/// [`close_pre_fork_connection`] for Kamailio running under the command
+/// name `process_name` ([`KamailioConfig::process_name`]).
+pub fn pre_fork_filter(process_name: &str) -> crate::server::AcceptFilter {
+    let name = process_name.to_string();
+    std::sync::Arc::new(move |stream: &tokio::net::UnixStream| {
+        close_pre_fork_connection_of(stream, &name)
+    })
+}
+
+fn close_pre_fork_connection_of(stream: &tokio::net::UnixStream, process_name: &str) -> bool {
     let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
         return false;
     };
     let Ok(pid) = u32::try_from(pid) else {
         return false;
     };
-    if !opened_before_fork(pid) {
+    if !opened_before_fork(pid, process_name) {
         return false;
     }
     info!(
@@ -306,28 +368,32 @@ fn parse_proc_stat(text: &str) -> Option<(String, u32)> {
     Some((comm, ppid))
 }
 
-/// [`opened_before_fork`] over any process table (for tests).
-fn opened_before_fork_in(
+/// [`opened_before_fork`] over any process table (for tests); the process
+/// list is walked only for a peer of the right name under a parent of the
+/// same name.
+fn opened_before_fork_in<I: Iterator<Item = u32>>(
     peer: u32,
+    process_name: &str,
     stat: impl Fn(u32) -> Option<(String, u32)>,
-    all: impl Iterator<Item = u32>,
+    all: impl FnOnce() -> I,
 ) -> bool {
     let Some((comm, parent)) = stat(peer) else {
         return false;
     };
-    match stat(parent) {
-        Some((parent_comm, _)) if parent_comm == comm => {}
-        // A parent we cannot see: keep the connection.
-        None => return false,
-        // Started by something else: the main process itself.
-        Some(_) => return true,
+    if !is_process_name(&comm, process_name) {
+        return false;
     }
-    let siblings = all
-        .filter(|&p| p != peer)
-        .filter_map(&stat)
-        .filter(|(c, pp)| *pp == parent && *c == comm)
-        .count();
-    siblings == 0
+    let parent_comm = stat(parent).map(|(c, _)| c);
+    let siblings = if parent_comm.as_deref() == Some(comm.as_str()) {
+        all()
+            .filter(|&p| p != peer)
+            .filter_map(&stat)
+            .filter(|(c, pp)| *pp == parent && *c == comm)
+            .count()
+    } else {
+        0
+    };
+    is_pre_fork_main(&comm, parent_comm.as_deref(), siblings, process_name)
 }
 
 /// The Kamailio signalling backend. Create it inside a tokio runtime.
@@ -349,11 +415,27 @@ impl Kamailio {
     /// Binds the reply socket (datagram) or prepares the HTTP client.
     /// Kamailio need not be running yet.
     pub fn new(config: KamailioConfig) -> std::io::Result<Kamailio> {
+        Self::with_reply_group(config, None)
+    }
+
+    /// [`new`](Kamailio::new), with the datagram reply socket given to
+    /// `group` with mode 0660 (the control socket's `[CallControl] group`),
+    /// as [`DatagramClient::bind_with`](crate::jsonrpc::DatagramClient::bind_with).
+    pub fn with_reply_group(
+        config: KamailioConfig,
+        group: Option<&str>,
+    ) -> std::io::Result<Kamailio> {
         let rpc = match &config.url {
             Some(url) => RpcClient::http(url).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
             })?,
-            None => RpcClient::datagram(&config.socket_path, config.reply_dir.as_deref())?,
+            None => RpcClient::datagram_with(
+                &config.socket_path,
+                &ReplySocket {
+                    dir: config.reply_dir.clone(),
+                    group: group.map(str::to_string),
+                },
+            )?,
         };
         let health = SignallingHealth {
             address: rpc.address(),
@@ -627,7 +709,8 @@ mod tests {
         );
         assert_eq!(parse_proc_stat("garbage"), None);
 
-        // 1 shell, 10 main, 11..13 workers; 20 creator, 21 daemonised main.
+        // 1 shell, 10 main, 11..13 workers; 20 creator, 21 daemonised main;
+        // 30 call-control-cli and 31 python under the shell.
         let table = |pid: u32| -> Option<(String, u32)> {
             match pid {
                 1 => Some(("bash".into(), 0)),
@@ -635,24 +718,75 @@ mod tests {
                 11..=13 => Some(("kamailio".into(), 10)),
                 20 => Some(("kamailio".into(), 1)),
                 21 => Some(("kamailio".into(), 20)),
+                30 => Some(("call-control-cl".into(), 1)),
+                31 => Some(("python3".into(), 1)),
                 _ => None,
             }
         };
-        let all = || [1, 10, 11, 12, 13, 20, 21].into_iter();
+        let all = || [1, 10, 11, 12, 13, 20, 21, 30, 31].into_iter();
+        let k = DEFAULT_PROCESS_NAME;
         assert!(
-            opened_before_fork_in(10, table, all()),
+            opened_before_fork_in(10, k, table, all),
             "main started by a shell"
         );
-        assert!(!opened_before_fork_in(12, table, all()), "a worker");
+        assert!(!opened_before_fork_in(12, k, table, all), "a worker");
         assert!(
-            opened_before_fork_in(21, table, all()),
+            opened_before_fork_in(21, k, table, all),
             "main under its daemonising parent"
         );
-        assert!(!opened_before_fork_in(99, table, all()), "unknown: keep");
-        // The real thing: this test process has no sibling of its name.
-        assert!(!opened_before_fork(u32::MAX));
-        let me = std::process::id();
-        let _ = opened_before_fork(me);
+        assert!(!opened_before_fork_in(99, k, table, all), "unknown: keep");
+        assert!(
+            !opened_before_fork_in(30, k, table, all),
+            "call-control-cli started by a shell: keep"
+        );
+        assert!(
+            !opened_before_fork_in(31, k, table, all),
+            "any client: keep"
+        );
+        assert!(!opened_before_fork_in(10, "", table, all), "disabled");
+        assert!(!opened_before_fork_in(10, "opensips", table, all));
+        // The real thing: this test process is not Kamailio.
+        assert!(!opened_before_fork(u32::MAX, k));
+        assert!(!opened_before_fork(std::process::id(), k));
+    }
+
+    #[test]
+    fn only_kamailio_processes_are_judged() {
+        // The pure decision: peer name, parent name, same-name siblings.
+        assert!(is_pre_fork_main("kamailio", Some("bash"), 0, "kamailio"));
+        assert!(is_pre_fork_main("kamailio", Some("systemd"), 0, "kamailio"));
+        assert!(is_pre_fork_main(
+            "kamailio",
+            Some("kamailio"),
+            0,
+            "kamailio"
+        ));
+        assert!(!is_pre_fork_main(
+            "kamailio",
+            Some("kamailio"),
+            7,
+            "kamailio"
+        ));
+        assert!(!is_pre_fork_main("kamailio", None, 0, "kamailio"));
+        // The bug: any client whose parent has another name was closed.
+        assert!(!is_pre_fork_main(
+            "call-control-cl",
+            Some("bash"),
+            0,
+            "kamailio"
+        ));
+        assert!(!is_pre_fork_main("socat", Some("sshd"), 0, "kamailio"));
+        assert!(!is_pre_fork_main("kamailio", Some("bash"), 0, ""));
+        // A configured name or path; the kernel keeps 15 bytes of it.
+        assert!(is_pre_fork_main(
+            "kamailio-edge",
+            Some("bash"),
+            0,
+            "/usr/sbin/kamailio-edge"
+        ));
+        assert!(is_process_name("kamailio-edge-1", "kamailio-edge-12"));
+        assert!(!is_process_name("kamailio", "kamailio-edge"));
+        assert!(!is_process_name("", "kamailio"));
     }
 
     /// A fake `jsonrpcs` datagram endpoint: hands each request to the test
@@ -712,6 +846,7 @@ mod tests {
             retries: 2,
             retry_delay: Duration::from_millis(10),
             url: None,
+            ..KamailioConfig::default()
         })
         .unwrap();
         (fake, Arc::new(k))

@@ -33,7 +33,7 @@ use callcontrol_core::signalling::{
 use callcontrol_core::types::{CallId, DialogId, Timestamp};
 
 use crate::error::RpcError;
-use crate::jsonrpc::RpcClient;
+use crate::jsonrpc::{ReplySocket, RpcClient};
 
 /// Which MI transport to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -88,7 +88,8 @@ pub struct MiConfig {
     /// `max_connections`: most MI requests in flight at once.
     pub max_connections: usize,
     /// `mi_reply_dir`: where our datagram reply socket is bound (default: the
-    /// system temp dir); OpenSIPS must be able to write there.
+    /// system temp dir; the daemon uses its runtime dir); OpenSIPS must be
+    /// able to write there.
     #[serde(alias = "mi_reply_dir")]
     pub reply_dir: Option<PathBuf>,
 }
@@ -238,14 +239,25 @@ impl MiClient {
     ///
     /// [`probe`]: MiClient::probe
     pub fn new(config: MiConfig) -> Result<Self, RpcError> {
+        Self::with_reply_group(config, None)
+    }
+
+    /// [`new`](MiClient::new), with the datagram reply socket given to
+    /// `group` with mode 0660 (the control socket's `[CallControl] group`),
+    /// as [`DatagramClient::bind_with`](crate::jsonrpc::DatagramClient::bind_with).
+    pub fn with_reply_group(config: MiConfig, group: Option<&str>) -> Result<Self, RpcError> {
         let rpc = match config.transport {
             MiTransport::Datagram => {
-                RpcClient::datagram(&config.socket_path, config.reply_dir.as_deref()).map_err(
-                    |e| RpcError::Unreachable {
+                let reply = ReplySocket {
+                    dir: config.reply_dir.clone(),
+                    group: group.map(str::to_string),
+                };
+                RpcClient::datagram_with(&config.socket_path, &reply).map_err(|e| {
+                    RpcError::Unreachable {
                         address: config.socket_path.display().to_string(),
                         reason: format!("cannot bind a reply socket: {e}"),
-                    },
-                )?
+                    }
+                })?
             }
             MiTransport::Http => RpcClient::http(&config.url)?,
         };

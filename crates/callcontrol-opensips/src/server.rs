@@ -93,6 +93,15 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> io::Result<UnixListener>
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
+    restrict_to_group(path, group);
+    Ok(listener)
+}
+
+/// Gives the socket file at `path` to `group` with mode 0660, or mode 0666
+/// when there is no such group (failures are logged, not fatal): the rule
+/// for every socket the proxy must reach (the control socket, the MI /
+/// JSON-RPC reply socket).
+pub(crate) fn restrict_to_group(path: &Path, group: Option<&str>) {
     let gid = group.and_then(|g| match nix::unistd::Group::from_name(g) {
         Ok(Some(g)) => Some(g.gid.as_raw()),
         Ok(None) => None,
@@ -118,7 +127,6 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> io::Result<UnixListener>
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
         warn!("Cannot set the mode of {}: {e}", path.display());
     }
-    Ok(listener)
 }
 
 /// Serves connections until `shutdown` is cancelled, then lets every
