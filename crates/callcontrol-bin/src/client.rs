@@ -125,7 +125,9 @@ pub async fn send(
     }
     let mut raw = Vec::new();
     let mut decoder = ReplyDecoder::new();
-    let mut buf = [0u8; 8192];
+    // A long session list is megabytes: read it in large pieces (the
+    // decoder resumes its scan where the previous read ended).
+    let mut buf = vec![0u8; 64 * 1024];
     let decoded = loop {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(r) => r.map_err(failed)?,

@@ -722,3 +722,36 @@ async fn ten_thousand_sessions_are_served_a_page_at_a_time() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_page_is_at_most_a_thousand_rows_in_order() {
+    let d = Daemon::start(Some(TOKEN)).await;
+    for i in 0..1_200 {
+        let req = InitRequest::new(
+            format!("cap-{:05}@h", (i * 7) % 1_200),
+            "<sip:bulk@example.com>",
+            "sip:2000@example.com",
+        );
+        assert_eq!(d.handle.init(req).await.unwrap(), InitReply::Limited);
+    }
+    for path in ["/api/sessions", "/api/sessions?limit=5000"] {
+        let page = d.get(path).await.json();
+        assert_eq!(page["total"], 1_200, "{path}");
+        assert_eq!(page["matched"], 1_200, "{path}");
+        assert_eq!(call_ids(&page).len(), 1_000, "{path}");
+    }
+    let rest = d.get("/api/sessions?offset=1000&limit=5000").await.json();
+    let ids = call_ids(&rest);
+    assert_eq!(ids.len(), 200);
+    // Same creation millisecond or not, rows come in (created, call_id) order.
+    let created: Vec<u64> = rest["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["created"].as_u64().unwrap())
+        .collect();
+    for (w, c) in ids.windows(2).zip(created.windows(2)) {
+        assert!((c[0], &w[0]) < (c[1], &w[1]), "{w:?} {c:?}");
+    }
+    d.stop().await;
+}
