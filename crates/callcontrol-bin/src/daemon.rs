@@ -41,6 +41,12 @@ use crate::config::{self, Config, ConfigError, ProxyKind};
 use crate::fork::{self, Ready};
 use crate::logging::{self, LogTarget};
 
+/// The PID file's name in the runtime directory (when forked, without --pid).
+const PID_FILE: &str = "call-control.pid";
+/// The lock file in the runtime directory: held (flock, exclusive) for the
+/// daemon's lifetime, so that a second daemon never opens the journal.
+pub const LOCK_FILE: &str = "call-control.lock";
+
 const ABOUT: &str = "Call Control: limits the duration of SIP calls for OpenSIPS/Kamailio, \
                      with prepaid balances from CDRTool";
 
@@ -59,6 +65,8 @@ FILES:
     <config dir>/config.ini        settings (see config.ini.sample); then /etc/callcontrol/config.ini
     <runtime dir>/socket           the socket the proxy connects to ([CallControl] socket)
     <runtime dir>/call-control.pid PID file when forked (--pid)
+    <runtime dir>/call-control.lock
+                                   locked while a daemon runs on this directory (one at a time)
     <runtime dir>/sessions.journal, sessions.snapshot
                                    saved sessions and owed debits (do not delete while calls run)
 
@@ -159,10 +167,42 @@ impl Args {
             .collect()
     }
 
+    /// Makes every path given on the command line absolute (against the
+    /// current directory), so that it still names the same file after the
+    /// daemon has forked and changed to `/` (a reload re-reads the file).
+    pub fn absolutize_paths(&mut self) -> std::io::Result<()> {
+        for p in [&mut self.config_dir, &mut self.config, &mut self.pid]
+            .into_iter()
+            .flatten()
+        {
+            *p = std::path::absolute(&*p)?;
+        }
+        self.runtime_dir = std::path::absolute(&self.runtime_dir)?;
+        for v in [&mut self.socket, &mut self.mi_socket]
+            .into_iter()
+            .flatten()
+        {
+            let path = Path::new(v.as_str());
+            if !v.is_empty() && !v.eq_ignore_ascii_case("none") && path.is_relative() {
+                *v = std::path::absolute(path)?.display().to_string();
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the configuration file (if any) and applies the overrides.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
-        let mut c = match config::locate(self.config.as_deref(), self.config_dir.as_deref())? {
-            Some(path) => Config::load(&path)?,
+        match config::locate(self.config.as_deref(), self.config_dir.as_deref())? {
+            Some(path) => self.load_config_from(Some(&path)),
+            None => self.load_config_from(None),
+        }
+    }
+
+    /// Loads `path` (the embedded defaults for `None`) and applies the
+    /// overrides; a missing file is an error, never the defaults.
+    pub fn load_config_from(&self, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut c = match path {
+            Some(path) => Config::load(path)?,
             None => Config::default(),
         };
         for (section, key, value) in self.overrides() {
@@ -180,7 +220,11 @@ impl Args {
 
 /// The daemon's entry point (`main.rs` calls only this).
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Err(e) = args.absolutize_paths() {
+        eprintln!("call-control: cannot resolve the paths on the command line: {e}");
+        return ExitCode::from(2);
+    }
     let config = match args.load_config() {
         Ok(c) => c,
         Err(e) => {
@@ -213,7 +257,7 @@ pub fn main() -> ExitCode {
     let pid_file = fork.then(|| {
         args.pid
             .clone()
-            .unwrap_or_else(|| args.runtime_dir.join("call-control.pid"))
+            .unwrap_or_else(|| args.runtime_dir.join(PID_FILE))
     });
     // One thread serves the proxy, the engine and the web interface: every
     // request is a few microseconds of work between socket reads and writes,
@@ -235,15 +279,14 @@ pub fn main() -> ExitCode {
     let options = RunOptions {
         runtime_dir: args.runtime_dir.clone(),
         args: Some(args),
-        pid_file: pid_file.clone(),
+        pid_file,
     };
+    // run() removes the PID file it wrote; one it did not write (start-up
+    // failed, e.g. another daemon owns the runtime directory) is left alone.
     let result = runtime.block_on(async move {
         let control = Control::from_signals()?;
         run(config, options, control, ready).await
     });
-    if let Some(p) = pid_file {
-        let _ = std::fs::remove_file(p);
-    }
     if let Err(e) = &result {
         error!("{e:#}");
     }
@@ -377,9 +420,11 @@ pub async fn run(
             return Err(e);
         }
     };
+    let mut pid_written = None;
     if let Some(p) = &options.pid_file {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            warn!("Cannot write PID file {}: {e}", p.display());
+        match std::fs::write(p, format!("{}\n", std::process::id())) {
+            Ok(()) => pid_written = Some(p),
+            Err(e) => warn!("Cannot write PID file {}: {e}", p.display()),
         }
     }
     ready.report(Ok(()));
@@ -391,7 +436,11 @@ pub async fn run(
             Some(()) = control.reload.recv() => reload(&mut current, &options, &daemon.handle).await,
         }
     };
-    daemon.stop(fast).await
+    let stopped = daemon.stop(fast).await;
+    if let Some(p) = pid_written {
+        let _ = std::fs::remove_file(p);
+    }
+    stopped
 }
 
 struct Daemon {
@@ -403,6 +452,9 @@ struct Daemon {
     web_stop: CancellationToken,
     web: Option<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
+    /// The runtime directory's lock, released when the daemon is gone
+    /// (after the sessions are saved).
+    _lock: std::fs::File,
 }
 
 impl Daemon {
@@ -448,6 +500,9 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
             options.runtime_dir.display()
         )
     })?;
+    // Before the journal is opened (opening compacts it): a second daemon on
+    // the same runtime directory must not touch the first one's sessions.
+    let lock = lock_runtime_dir(&options.runtime_dir)?;
 
     let journal_opts = JournalOptions {
         fsync: config.call_control.journal_fsync,
@@ -589,7 +644,31 @@ async fn start(config: &Config, options: &RunOptions) -> anyhow::Result<Daemon> 
         web_stop,
         web,
         socket,
+        _lock: lock,
     })
+}
+
+/// Takes the runtime directory's lock (see [`LOCK_FILE`]), or says which
+/// daemon holds it.
+fn lock_runtime_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow!(
+            "another call-control is already running on the runtime directory {} \
+             ({} is locked); stop it first or use another --runtime-dir",
+            dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 fn build_rating(config: &Config) -> anyhow::Result<Arc<dyn RatingBackend>> {
@@ -675,7 +754,15 @@ async fn reload(current: &mut Config, options: &RunOptions, handle: &driver::Han
         info!("SIGHUP: no configuration file to reload");
         return;
     };
-    let new = match args.load_config() {
+    // Re-read the file read at start (its path is absolute): if it is gone
+    // or bad, keep running on the current settings rather than on whatever
+    // another lookup would find (or the embedded defaults). A daemon started
+    // on the defaults looks for a file again.
+    let loaded = match &current.path {
+        Some(path) => args.load_config_from(Some(path)),
+        None => args.load_config(),
+    };
+    let new = match loaded {
         Ok(c) => c,
         Err(e) => {
             error!("Reload failed, keeping the current settings: {e}");

@@ -41,10 +41,10 @@ impl Setup {
     fn socket(&self) -> PathBuf {
         self.run_dir().join("socket")
     }
-    async fn start(&self) -> Daemon {
-        let _ = std::fs::remove_file(self.socket());
-        let child = Command::new(DAEMON)
-            .args(["--no-fork", "--debug", "--config-dir"])
+    /// `call-control --no-fork --debug` on this setup's files.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(DAEMON);
+        cmd.args(["--no-fork", "--debug", "--config-dir"])
             .arg(self.dir.path())
             .arg("--runtime-dir")
             .arg(self.run_dir())
@@ -54,9 +54,16 @@ impl Setup {
                 Stdio::inherit()
             } else {
                 Stdio::null()
-            })
-            .spawn()
-            .unwrap();
+            });
+        cmd
+    }
+    async fn start(&self) -> Daemon {
+        let _ = std::fs::remove_file(self.socket());
+        self.spawn(self.command()).await
+    }
+    /// Spawns `cmd` and waits for the socket.
+    async fn spawn(&self, mut cmd: Command) -> Daemon {
+        let child = cmd.spawn().unwrap();
         let mut d = Daemon { child };
         eventually("the daemon's socket", || {
             std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
@@ -355,4 +362,255 @@ async fn the_shipped_sample_config_runs() {
     );
     assert!(stdout(&o).contains("limit: None"));
     drop(dir);
+}
+
+/// The sessions the daemon lists, as (call id, limit).
+fn listed(setup: &Setup) -> Vec<(String, Option<u64>)> {
+    let o = setup.cli(&["list", "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut rows: Vec<(String, Option<u64>)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["call_id"].as_str().unwrap().to_string(),
+                r["limit"].as_u64(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn limit_of(setup: &Setup, call_id: &str) -> Option<u64> {
+    listed(setup)
+        .into_iter()
+        .find(|(id, _)| id == call_id)
+        .unwrap_or_else(|| panic!("{call_id} is not listed"))
+        .1
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_runtime_dir_refuses_and_leaves_the_journal_alone() {
+    let setup = Setup::new("limit = 600");
+    let daemon = setup.start().await;
+    answered_call(&setup, "s1@h", DialogId::new(7, 8)).await;
+    let mut w = setup.worker().await;
+    assert_eq!(
+        w.init(opensips_init("s2@h", "bob")).await.unwrap(),
+        InitReply::Limited
+    );
+
+    let o = setup.command().stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another call-control is already running"),
+        "{err}"
+    );
+    assert!(err.contains("call-control.lock"), "{err}");
+
+    // The first daemon goes on, and its journal still records.
+    assert_eq!(
+        w.init(opensips_init("s3@h", "carol")).await.unwrap(),
+        InitReply::Limited
+    );
+    drop(daemon); // kill -9
+
+    let mut daemon = setup.start().await;
+    let ids: Vec<String> = listed(&setup).into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, vec!["s1@h", "s2@h", "s3@h"]);
+    assert!(daemon.terminate().await.success());
+}
+
+/// A daemon started in the background (the default mode): killed on drop.
+struct Forked {
+    pid: String,
+}
+
+impl Forked {
+    fn alive(&self) -> bool {
+        Path::new("/proc").join(&self.pid).exists()
+            && !std::fs::read_to_string(Path::new("/proc").join(&self.pid).join("stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", &self.pid]).status();
+    }
+}
+
+#[tokio::test]
+async fn forked_with_relative_paths_reload_reads_the_same_file_and_a_refused_start_keeps_the_pid_file(
+) {
+    let setup = Setup::new("limit = 100");
+    let forked = || {
+        Command::new(DAEMON)
+            .current_dir(setup.dir.path())
+            .args(["--config-dir", ".", "--runtime-dir", "run"])
+            .output()
+            .unwrap()
+    };
+    let o = forked();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let pid_file = setup.run_dir().join("call-control.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let daemon = Forked { pid: pid.clone() };
+    assert!(daemon.alive());
+
+    let mut w = setup.worker().await;
+    assert_eq!(
+        w.init(opensips_init("f0@h", "alice")).await.unwrap(),
+        InitReply::Limited
+    );
+    assert_eq!(limit_of(&setup, "f0@h"), Some(100));
+
+    // The daemon runs in /: the relative --config-dir was resolved at start.
+    let config = setup.dir.path().join("config.ini");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("limit = 100", "limit = 200")).unwrap();
+    let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 1.. {
+        let id = format!("f{n}@h");
+        assert_eq!(
+            w.init(opensips_init(&id, "alice")).await.unwrap(),
+            InitReply::Limited
+        );
+        if limit_of(&setup, &id) == Some(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload was not applied: {:?}",
+            listed(&setup)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A second daemon is refused, and the first one's PID file stays.
+    let o = forked();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), pid);
+    assert!(daemon.alive());
+
+    let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(ok.success());
+    eventually("the daemon to exit", || !daemon.alive()).await;
+    assert!(!pid_file.exists(), "the daemon removes its PID file");
+    assert!(!setup.socket().exists());
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_file_found_at_start_and_keeps_the_settings_when_it_is_gone() {
+    let setup = Setup::new("limit = 100");
+    let log = setup.dir.path().join("daemon.log");
+    let mut cmd = Command::new(DAEMON);
+    cmd.current_dir(setup.dir.path())
+        .args(["--no-fork", "--config-dir", ".", "--runtime-dir", "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut daemon = setup.spawn(cmd).await;
+    let logged = |what: &str| std::fs::read_to_string(&log).unwrap().contains(what);
+    let mut w = setup.worker().await;
+    assert_eq!(
+        w.init(opensips_init("h1@h", "alice")).await.unwrap(),
+        InitReply::Limited
+    );
+    assert_eq!(limit_of(&setup, "h1@h"), Some(100));
+
+    let config = setup.dir.path().join("config.ini");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("limit = 100", "limit = 200")).unwrap();
+    daemon.signal("-HUP");
+    eventually("the reload", || logged("Reloaded the configuration")).await;
+    assert!(
+        logged("limit 100 -> 200"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(
+        w.init(opensips_init("h2@h", "alice")).await.unwrap(),
+        InitReply::Limited
+    );
+    assert_eq!(limit_of(&setup, "h2@h"), Some(200));
+
+    // The file is gone: no fallback to another file or to the defaults.
+    std::fs::remove_file(&config).unwrap();
+    daemon.signal("-HUP");
+    eventually("the refused reload", || logged("Reload failed")).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Reload failed, keeping the current settings") && text.contains("config.ini"),
+        "{text}"
+    );
+    assert_eq!(
+        w.init(opensips_init("h3@h", "alice")).await.unwrap(),
+        InitReply::Limited
+    );
+    assert_eq!(limit_of(&setup, "h3@h"), Some(200));
+    assert!(daemon.terminate().await.success());
+}
+
+#[tokio::test]
+async fn sigterm_with_a_client_that_never_reads_its_replies_still_exits() {
+    use std::io::Write;
+    let setup = Setup::new("limit = 600");
+    let mut daemon = setup.start().await;
+    let mut stream = std::os::unix::net::UnixStream::connect(setup.socket()).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let batch: Vec<u8> = (0..100)
+        .flat_map(|i| format!("stop\r\ncallid: never-read-{i}\r\n\r\n").into_bytes())
+        .collect();
+    // Pipeline requests until both socket buffers are full: the daemon is
+    // then stuck writing replies nobody reads.
+    let mut written = 0usize;
+    while stream.write_all(&batch).is_ok() {
+        written += batch.len();
+        assert!(written < 512 << 20, "the daemon never stopped reading");
+    }
+
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(!setup.socket().exists(), "the socket is removed");
+    let saved = std::fs::read_to_string(setup.run_dir().join("sessions.snapshot")).unwrap();
+    assert!(saved.contains("\"clean\":true"), "{saved}");
+    drop(stream);
+}
+
+#[test]
+fn the_cli_refuses_a_timeout_that_is_not_a_positive_number() {
+    for bad in ["nan", "inf", "-1", "0", "soon"] {
+        let o = Command::new(CLI)
+            .args(["--timeout", bad, "list"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "--timeout {bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--timeout"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

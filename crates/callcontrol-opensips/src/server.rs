@@ -129,8 +129,13 @@ pub(crate) fn restrict_to_group(path: &Path, group: Option<&str>) {
     }
 }
 
+/// How long [`serve`] waits, once shut down, for the connections to finish
+/// the requests they are serving before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves connections until `shutdown` is cancelled, then lets every
-/// connection finish the request it is serving, and removes the socket file.
+/// connection finish the request it is serving (for at most
+/// [`SHUTDOWN_GRACE`]), and removes the socket file.
 pub async fn serve(
     listener: UnixListener,
     handle: Handle,
@@ -141,6 +146,9 @@ pub async fn serve(
     let limit =
         (config.max_connections > 0).then(|| Arc::new(Semaphore::new(config.max_connections)));
     let config = Arc::new(config);
+    // Cancelled when the shutdown grace period is over: drops the
+    // connections still busy (a client that does not read its replies).
+    let cut = CancellationToken::new();
     loop {
         let permit = match &limit {
             Some(sem) => tokio::select! {
@@ -170,15 +178,33 @@ pub async fn serve(
             continue;
         }
         let (handle, config, shutdown) = (handle.clone(), config.clone(), shutdown.clone());
+        let cut = cut.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            if let Err(e) = serve_connection(stream, handle, &config, shutdown).await {
-                info!("call_control connection closed: {e}");
+            tokio::select! {
+                r = serve_connection(stream, handle, &config, shutdown) => {
+                    if let Err(e) = r {
+                        info!("call_control connection closed: {e}");
+                    }
+                }
+                _ = cut.cancelled() => {}
             }
         });
     }
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            "Closing {} call_control connections still busy {} s after the shutdown \
+             (their clients do not read the replies)",
+            tracker.len(),
+            SHUTDOWN_GRACE.as_secs()
+        );
+        cut.cancel();
+        tracker.wait().await;
+    }
     if let Ok(addr) = listener.local_addr() {
         if let Some(path) = addr.as_pathname() {
             let _ = std::fs::remove_file(path);

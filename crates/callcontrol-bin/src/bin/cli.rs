@@ -55,8 +55,15 @@ struct Cli {
     /// Print JSON instead of the daemon's text
     #[arg(long, global = true)]
     json: bool,
-    /// Give up after this many seconds
-    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, global = true)]
+    /// Give up after this many seconds (a number > 0)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5.0,
+        global = true,
+        value_parser = parse_timeout,
+        allow_negative_numbers = true
+    )]
     timeout: f64,
     /// Directory holding config.ini (for `balance`, which uses [Web])
     #[arg(long, value_name = "DIR", global = true)]
@@ -96,6 +103,18 @@ enum Command {
         #[arg(long)]
         history: bool,
     },
+}
+
+/// `--timeout`: a finite number of seconds greater than 0 (a bad value is a
+/// usage error, exit status 2).
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!(
+            "{s:?} is not a usable timeout: give a number of seconds greater than 0"
+        )),
+        Err(e) => Err(format!("{s:?} is not a number of seconds: {e}")),
+    }
 }
 
 fn main() -> ExitCode {
