@@ -301,8 +301,9 @@ impl Engine {
             .filter(|t| !t.is_empty())
             .map(str::to_lowercase);
         let after = query.after.as_ref().map(|(t, id)| (*t, id));
+        let end = query.offset.saturating_add(query.limit);
+        let mut picker = Picker::new(end);
         let mut matched = 0;
-        let mut rows: Vec<&Session> = Vec::new();
         for s in self.sessions.values() {
             let keep = query
                 .user
@@ -322,25 +323,13 @@ impl Engine {
             if after.is_some_and(|a| (s.created, &s.call_id) <= a) {
                 continue;
             }
-            rows.push(s);
+            picker.push(s);
         }
-        let order =
-            |a: &&Session, b: &&Session| (a.created, &a.call_id).cmp(&(b.created, &b.call_id));
-        let end = query.offset.saturating_add(query.limit);
-        if end < rows.len() {
-            rows.select_nth_unstable_by(end, order);
-            rows.truncate(end);
-        }
-        let sessions = if query.offset >= rows.len() {
-            Vec::new()
-        } else {
-            if query.offset > 0 {
-                rows.select_nth_unstable_by(query.offset, order);
-            }
-            let page = &mut rows[query.offset..];
-            page.sort_unstable_by(order);
-            page.iter().map(|s| s.info(now)).collect()
-        };
+        let sessions = picker
+            .into_sorted(query.offset)
+            .into_iter()
+            .map(|s| s.info(now))
+            .collect();
         SessionPage {
             total: self.sessions.len(),
             matched,
@@ -1260,15 +1249,107 @@ impl Engine {
 /// and rating clients may escape bytes (up to 3x).
 pub const MAX_RATED_REQUEST: usize = 1200;
 
-/// Whether `hay` contains `needle_lower` (already lower-case), ignoring case;
-/// no allocation when both are ASCII.
-fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
-    if hay.is_ascii() && needle_lower.is_ascii() {
-        let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
-        n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-    } else {
-        hay.to_lowercase().contains(needle_lower)
+/// A session ordered by `(created, call_id)`, for [`Picker`].
+struct ByAge<'a>(&'a Session);
+
+impl PartialEq for ByAge<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
     }
+}
+impl Eq for ByAge<'_> {}
+impl PartialOrd for ByAge<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByAge<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.created, &self.0.call_id).cmp(&(other.0.created, &other.0.call_id))
+    }
+}
+
+/// Keeps the `keep` oldest of the sessions pushed, without sorting them all:
+/// a max-heap of `keep` references for small windows (most sessions cost one
+/// comparison with its top), else every reference and a linear selection.
+enum Picker<'a> {
+    Heap(std::collections::BinaryHeap<ByAge<'a>>, usize),
+    All(Vec<&'a Session>, usize),
+}
+
+/// Windows up to this size use the heap.
+const HEAP_WINDOW: usize = 4096;
+
+impl<'a> Picker<'a> {
+    fn new(keep: usize) -> Self {
+        if keep <= HEAP_WINDOW {
+            Picker::Heap(std::collections::BinaryHeap::with_capacity(keep), keep)
+        } else {
+            Picker::All(Vec::new(), keep)
+        }
+    }
+
+    fn push(&mut self, s: &'a Session) {
+        match self {
+            Picker::Heap(heap, keep) => {
+                if heap.len() < *keep {
+                    heap.push(ByAge(s));
+                } else if let Some(mut top) = heap.peek_mut() {
+                    if ByAge(s) < *top {
+                        *top = ByAge(s);
+                    }
+                }
+            }
+            Picker::All(v, _) => v.push(s),
+        }
+    }
+
+    /// The kept sessions from position `skip` on, oldest first.
+    fn into_sorted(self, skip: usize) -> Vec<&'a Session> {
+        match self {
+            Picker::Heap(heap, _) => heap
+                .into_sorted_vec()
+                .into_iter()
+                .skip(skip)
+                .map(|k| k.0)
+                .collect(),
+            Picker::All(mut v, keep) => {
+                let order = |a: &&Session, b: &&Session| ByAge(a).cmp(&ByAge(b));
+                if keep < v.len() {
+                    v.select_nth_unstable_by(keep, order);
+                    v.truncate(keep);
+                }
+                if skip >= v.len() {
+                    return Vec::new();
+                }
+                if skip > 0 {
+                    v.select_nth_unstable_by(skip, order);
+                }
+                let mut page = v.split_off(skip);
+                page.sort_unstable_by(order);
+                page
+            }
+        }
+    }
+}
+
+/// Whether `hay` contains `needle_lower` (already lower-case), ignoring case;
+/// no allocation when both are ASCII (candidates found by `memchr` on the
+/// needle's first byte in either case).
+fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+    let Some(&first) = n.first() else {
+        return true;
+    };
+    if !(hay.is_ascii() && needle_lower.is_ascii()) {
+        return hay.to_lowercase().contains(needle_lower);
+    }
+    if h.len() < n.len() {
+        return false;
+    }
+    let last_start = h.len() - n.len();
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), &h[..=last_start])
+        .any(|i| h[i..i + n.len()].eq_ignore_ascii_case(n))
 }
 
 fn rated_request_len(req: &InitRequest, party: &BillingParty) -> usize {

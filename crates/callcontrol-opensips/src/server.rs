@@ -362,6 +362,11 @@ where
             Some(last) if page.sessions.len() >= LIST_PAGE => {
                 query = query.next_after(last);
                 stream.write_all(&out).await?;
+                // Let the runtime poll its sockets before the next page: on
+                // a current-thread runtime this task and the engine's could
+                // otherwise keep each other ready for many pages while an
+                // `init` waits unread.
+                tokio::task::yield_now().await;
             }
             _ => {
                 debug_cmd::write_list_end(&mut out);
