@@ -388,16 +388,13 @@ impl Driver {
                         let _ = tx.send(reply);
                     }
                 }
-                Effect::Authorise { op, request } => {
+                Effect::Authorise {
+                    op,
+                    request,
+                    budget: timeout,
+                } => {
                     let rating = self.rating.clone();
                     let events = self.events.0.clone();
-                    let config = self.engine.config();
-                    // An `init` waits for this answer: keep inside the proxy's 500 ms.
-                    let timeout = if request.connected {
-                        config.rating_timeout
-                    } else {
-                        config.rating_timeout.min(config.init_reply_budget)
-                    };
                     tokio::spawn(async move {
                         let r =
                             match tokio::time::timeout(timeout, rating.authorise(&request)).await {

@@ -46,6 +46,10 @@ pub enum Effect {
         op: u64,
         /// The request.
         request: AuthoriseRequest,
+        /// How long the answer may take: past it, hand the engine
+        /// `Err(RatingError::Timeout)`. For an `init` this keeps the reply
+        /// inside the proxy's 500 ms.
+        budget: std::time::Duration,
     },
     /// Send a debit; hand the answer to [`Engine::on_debited`].
     Debit {
@@ -108,6 +112,15 @@ enum AuthOp {
     },
 }
 
+/// A re-rating held until the release of the old authorisation is answered.
+#[derive(Debug)]
+struct Held {
+    op: u64,
+    request: AuthoriseRequest,
+    arrived: Timestamp,
+    deadline: Timestamp,
+}
+
 #[derive(Debug)]
 struct DebitState {
     owed: OwedDebit,
@@ -144,6 +157,8 @@ pub struct Engine {
     debits_paused_until: Option<Timestamp>,
     /// The earliest `retry_at` of a debit waiting on its own.
     debit_wakeup: Option<Timestamp>,
+    /// Re-ratings waiting for a release, by the release's debit sequence.
+    held: BTreeMap<u64, Held>,
     effects: VecDeque<Effect>,
     /// Debit changes, in order.
     changes: Vec<StoreChange>,
@@ -169,6 +184,7 @@ impl Engine {
             debits_in_flight: 0,
             debits_paused_until: None,
             debit_wakeup: None,
+            held: BTreeMap::new(),
             effects: VecDeque::new(),
             changes: Vec::new(),
             dirty: Vec::new(),
@@ -265,7 +281,8 @@ impl Engine {
         let wakeup = self
             .debit_wakeup
             .filter(|_| self.debits_paused_until.is_none());
-        [timer, paused, wakeup].into_iter().flatten().min()
+        let held = self.held.values().map(|h| h.deadline).min();
+        [timer, paused, wakeup, held].into_iter().flatten().min()
     }
 
     /// Serves a request. The reply comes out as an [`Effect::Reply`] with
@@ -375,6 +392,8 @@ impl Engine {
                 return self.reply_init(token, InitReply::Error);
             }
         };
+        // The Duration=0 release of a re-sent INVITE's old authorisation.
+        let mut release = None;
         if !self.authorising.is_empty() && self.authorising.contains_key(&req.call_id) {
             // A second init while the first is still being rated: OpenSIPS
             // blocks on the first, so this is another proxy or a replay.
@@ -416,7 +435,7 @@ impl Engine {
             );
             if let Some(old) = self.remove_session(&req.call_id) {
                 if old.is_prepaid() {
-                    self.owe_debit(now, &old, 0);
+                    release = Some(self.release_now(now, &old));
                 }
             }
         }
@@ -424,7 +443,7 @@ impl Engine {
             // The rating engine reads at most 4 KiB per request: a longer one
             // would be split in two and answered twice (see PROTOCOLS.md §5).
             error!(
-                "Refused prepaid call from {party}: its Call-ID and URIs are too long to rate                  ({} bytes)",
+                "Refused prepaid call from {party}: its Call-ID and URIs are too long to rate ({})",
                 req.call_id
             );
             return self.reply_init(token, InitReply::Error);
@@ -443,10 +462,69 @@ impl Engine {
             };
             self.authorising.insert(req.call_id.clone(), op);
             self.ops.insert(op, AuthOp::Init { token, req, party });
-            self.effects.push_back(Effect::Authorise { op, request });
+            match release {
+                // Rate it again only once the release is answered: a release
+                // arriving after the new authorisation would cancel it, and
+                // the call's debit would then fail.
+                Some(seq) => {
+                    let deadline = now.plus_millis(self.init_budget().as_millis() as u64 / 2);
+                    self.held.insert(
+                        seq,
+                        Held {
+                            op,
+                            request,
+                            arrived: now,
+                            deadline,
+                        },
+                    );
+                }
+                None => {
+                    let budget = self.init_budget();
+                    self.effects.push_back(Effect::Authorise {
+                        op,
+                        request,
+                        budget,
+                    });
+                }
+            }
         } else {
             let limit = self.config.limit;
             self.decide(now, token, req, party, false, limit, false);
+        }
+    }
+
+    /// How long an `init` may wait for the rating engine.
+    fn init_budget(&self) -> std::time::Duration {
+        self.config
+            .rating_timeout
+            .min(self.config.init_reply_budget)
+    }
+
+    /// Owes the Duration=0 release of `s`'s authorisation and sends it now,
+    /// ahead of the queue (a re-rating waits for it). Returns its sequence.
+    fn release_now(&mut self, now: Timestamp, s: &Session) -> u64 {
+        let seq = self.next_debit;
+        self.owe_debit(now, s, 0);
+        if let Some(d) = self.debits.get_mut(&seq) {
+            if !d.in_flight {
+                d.in_flight = true;
+                self.debits_in_flight += 1;
+                let request = d.owed.request.clone();
+                self.effects.push_back(Effect::Debit { seq, request });
+            }
+        }
+        seq
+    }
+
+    /// Refuses an `init` whose re-rating could not go ahead safely.
+    fn fail_held(&mut self, op: u64, why: &str) {
+        if let Some(AuthOp::Init { token, req, party }) = self.ops.remove(&op) {
+            self.authorising.remove(&req.call_id);
+            error!(
+                "Could not release the previous authorisation of {party} before rating the call                  again ({why}): refusing it ({})",
+                req.call_id
+            );
+            self.reply_init(token, InitReply::Error);
         }
     }
 
@@ -646,7 +724,12 @@ impl Engine {
                     call_id: req.call_id.clone(),
                 },
             );
-            self.effects.push_back(Effect::Authorise { op, request });
+            let budget = self.config.rating_timeout;
+            self.effects.push_back(Effect::Authorise {
+                op,
+                request,
+                budget,
+            });
         }
         self.reply(token, Reply::Start(Found::Ok));
     }
@@ -830,6 +913,17 @@ impl Engine {
 
     /// Fires every deadline that is due at `now`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        let expired: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(h) = self.held.remove(&seq) {
+                self.fail_held(h.op, "the release was not answered in time");
+            }
+        }
         while let Some((due, id)) = self.timers.first().cloned() {
             if due > now {
                 break;
@@ -1035,6 +1129,21 @@ impl Engine {
         seq: u64,
         result: Result<DebitOutcome, RatingError>,
     ) {
+        if let Some(h) = self.held.remove(&seq) {
+            match &result {
+                Ok(_) => {
+                    let spent = std::time::Duration::from_millis(now.millis_since(h.arrived));
+                    let budget = self.init_budget().saturating_sub(spent);
+                    let (op, request) = (h.op, h.request);
+                    self.effects.push_back(Effect::Authorise {
+                        op,
+                        request,
+                        budget,
+                    });
+                }
+                Err(e) => self.fail_held(h.op, &e.to_string()),
+            }
+        }
         let Some(d) = self.debits.get_mut(&seq) else {
             return;
         };

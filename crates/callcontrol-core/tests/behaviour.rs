@@ -120,6 +120,12 @@ fn resent_prepaid_init_with_changed_ruri_releases_and_rates_again() {
         releases[0].1.duration, 0,
         "old authorisation released with Duration=0"
     );
+    assert!(
+        h.take_authorisations().is_empty(),
+        "rated again only once the release is answered"
+    );
+    h.advance_millis(5);
+    h.debited(releases[0].0, debited(None));
     let auths = h.take_authorisations();
     assert_eq!(auths.len(), 1);
     assert_eq!(auths[0].1.to, "sip:other@example.com");
@@ -138,6 +144,8 @@ fn resent_init_with_changed_diverter_is_rated_again() {
     h.prepaid_init(call("c1").prepaid(true), Ok(Authorisation::prepaid(600)));
     let again = call("c1").prepaid(true).diverter("carol@example.com");
     assert!(h.init(again).is_none());
+    let release = h.take_debits();
+    h.debited(release[0].0, debited(None));
     assert_eq!(
         h.take_authorisations()[0].1.party.as_str(),
         "sip:carol@example.com"
@@ -1273,4 +1281,59 @@ fn a_page_of_50_out_of_100000_sessions_is_exactly_50() {
     let p = h.engine.page(h.now, &ListQuery::first(50));
     assert_eq!(p.sessions.len(), 50);
     assert_eq!(p.sessions[49].call_id.as_str(), "bulk-000049");
+}
+
+#[test]
+fn a_resent_init_whose_release_gets_no_answer_is_refused_not_rated_behind_it() {
+    // Unanswered: refused at half the init budget, the release still owed.
+    let mut h = Harness::new(prepaid_cfg());
+    h.prepaid_init(
+        call("c1").prepaid(true).token("t"),
+        Ok(Authorisation::prepaid(600)),
+    );
+    let mut again = call("c1").prepaid(true).token("t");
+    again.ruri = "sip:other@example.com".into();
+    assert!(h.init(again.clone()).is_none());
+    let token = h.last_token();
+    let release = h.take_debits();
+    assert_eq!(release.len(), 1, "the release goes out at once");
+    h.advance_millis(225);
+    assert_eq!(h.take_reply(token), Some(Reply::Init(InitReply::Error)));
+    assert!(
+        h.take_authorisations().is_empty(),
+        "never rated behind the release"
+    );
+    assert_eq!(h.engine.debits_owed(), 1);
+    // A release that fails: refused at once.
+    let mut h = Harness::new(prepaid_cfg());
+    h.prepaid_init(
+        call("c1").prepaid(true).token("t"),
+        Ok(Authorisation::prepaid(600)),
+    );
+    assert!(h.init(again).is_none());
+    let token = h.last_token();
+    let release = h.take_debits();
+    h.debited(release[0].0, Err(RatingError::Timeout));
+    assert_eq!(h.take_reply(token), Some(Reply::Init(InitReply::Error)));
+    assert!(h.take_authorisations().is_empty());
+}
+
+#[test]
+fn the_rerating_after_a_release_gets_what_is_left_of_the_init_budget() {
+    let mut h = Harness::new(prepaid_cfg());
+    h.prepaid_init(
+        call("c1").prepaid(true).token("t"),
+        Ok(Authorisation::prepaid(600)),
+    );
+    let mut again = call("c1").prepaid(true).token("t");
+    again.ruri = "sip:other@example.com".into();
+    h.init(again);
+    let release = h.take_debits();
+    h.advance_millis(100);
+    h.debited(release[0].0, debited(None));
+    let budget = h.pending.iter().find_map(|e| match e {
+        callcontrol_core::engine::Effect::Authorise { budget, .. } => Some(*budget),
+        _ => None,
+    });
+    assert_eq!(budget, Some(Duration::from_millis(350)));
 }

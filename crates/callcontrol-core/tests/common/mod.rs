@@ -138,7 +138,7 @@ impl Harness {
     pub fn take_authorisations(&mut self) -> Vec<(u64, AuthoriseRequest)> {
         let mut out = Vec::new();
         self.pending.retain(|e| match e {
-            Effect::Authorise { op, request } => {
+            Effect::Authorise { op, request, .. } => {
                 out.push((*op, request.clone()));
                 false
             }
