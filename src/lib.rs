@@ -9,6 +9,11 @@
 //! - [`rating`]: rating backends (fixed limit, CDRTool).
 //! - [`opensips`]: the `call_control` socket protocol and server, and the
 //!   proxy management clients.
+//!
+//! Features: `mock` (mockall mocks of every backend trait) and `test-kit`
+//! (scriptable fakes: `core::testkit`, `rating::testkit` — a fake CDRTool —
+//! and `opensips::testkit` — fake OpenSIPS workers and MI), for embedders'
+//! own tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
