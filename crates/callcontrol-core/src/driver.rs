@@ -138,7 +138,7 @@ impl Handle {
             })
             .await?
         {
-            Reply::Session(s) => Ok(s),
+            Reply::Session(s) => Ok(s.map(|s| *s)),
             _ => Ok(None),
         }
     }

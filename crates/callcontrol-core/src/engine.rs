@@ -298,7 +298,7 @@ impl Engine {
             }
             Request::Show { call_id } => {
                 let info = self.sessions.get(&call_id).map(|s| s.info(now));
-                self.reply(token, Reply::Session(info));
+                self.reply(token, Reply::Session(info.map(Box::new)));
             }
             Request::Terminate { call_id } => self.terminate(now, token, &call_id),
             Request::Page(query) => {

@@ -221,9 +221,8 @@ pub enum Found {
     NotFound,
 }
 
-/// Every reply the engine gives. (Replies are short-lived, so the size of
-/// the `Session` variant is not worth a box.)
-#[allow(clippy::large_enum_variant)]
+/// Every reply the engine gives. Kept small (the one large variant is
+/// boxed): every `init`/`start`/`stop` reply is moved through a channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// To `init`.
@@ -235,7 +234,7 @@ pub enum Reply {
     /// To a list request.
     Sessions(Vec<SessionInfo>),
     /// To a show request.
-    Session(Option<SessionInfo>),
+    Session(Option<Box<SessionInfo>>),
     /// To `terminate`.
     Terminate(Found),
     /// To a page request.

@@ -335,7 +335,7 @@ pub fn write_reply(reply: &Reply, call_id: Option<&str>, out: &mut Vec<u8>) {
         Reply::Start(f) | Reply::Stop(f) => out.extend_from_slice(found_line(*f)),
         Reply::Sessions(list) => cmd::debug::write_list(list, out),
         Reply::Page(page) => cmd::debug::write_list(&page.sessions, out),
-        Reply::Session(s) => cmd::debug::write_show(s.as_ref(), call_id.unwrap_or(""), out),
+        Reply::Session(s) => cmd::debug::write_show(s.as_deref(), call_id.unwrap_or(""), out),
         Reply::Terminate(f) => cmd::terminate::write_reply(*f, call_id.unwrap_or(""), out),
     }
 }
