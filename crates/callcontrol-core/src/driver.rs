@@ -37,8 +37,9 @@ pub struct Status {
     pub sessions: BTreeMap<String, u64>,
     /// Debits owed and not yet answered.
     pub debits_owed: u64,
-    /// Authorisations waiting for the rating engine.
-    pub authorising: u64,
+    /// Requests whose reply is not sent yet (mostly `init`s waiting for the
+    /// rating engine).
+    pub requests_waiting: u64,
 }
 
 enum Command {
@@ -360,7 +361,7 @@ impl Driver {
             stats: self.engine.stats().clone(),
             sessions,
             debits_owed: self.engine.debits_owed() as u64,
-            authorising: self.pending.len() as u64,
+            requests_waiting: self.pending.len() as u64,
         }
     }
 
@@ -423,9 +424,4 @@ impl Driver {
             }
         }
     }
-}
-
-/// Now, per a clock (helper for embedders' tests).
-pub fn now(clock: &dyn Clock) -> Timestamp {
-    clock.now()
 }

@@ -25,7 +25,7 @@ use crate::request::{
 use crate::session::{Session, SessionInfo};
 use crate::signalling::{DialogRef, EndOutcome, LiveDialog};
 use crate::store::{OwedDebit, Snapshot, StoreChange};
-use crate::types::{BillingParty, CallId, DialogId, SessionState, Timestamp};
+use crate::types::{BillingParty, CallId, SessionState, Timestamp};
 
 /// Identifies a request whose reply is pending (chosen by the driver).
 pub type Token = u64;
@@ -1477,9 +1477,4 @@ fn duration_at(s: &Session, now: Timestamp) -> u64 {
 
 fn application(app: Option<&str>) -> String {
     app.filter(|a| !a.is_empty()).unwrap_or("audio").to_string()
-}
-
-/// Parses a dialog id; convenience re-export for codecs.
-pub fn parse_dialog_id(s: &str) -> Option<DialogId> {
-    DialogId::parse(s).ok()
 }

@@ -162,12 +162,6 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    /// A closure for the socket server's observer hook.
-    pub fn request_observer(&self) -> impl Fn(&str, Duration, &Reply) + Send + Sync + 'static {
-        let m = self.clone();
-        move |command, latency, reply| m.observe_request(command, latency, reply)
-    }
-
     /// Counts one request the control socket server could not parse.
     pub fn observe_protocol_error(&self, e: &ProtocolError) {
         let kind = match e {
@@ -458,7 +452,7 @@ impl Collector for ScrapeCollector {
             &mut enc,
             "callcontrol_requests_waiting",
             "Requests waiting for their reply (mostly for the rating engine)",
-            &[(vec![], st.authorising as i64)],
+            &[(vec![], st.requests_waiting as i64)],
         )?;
 
         // Timer lateness: how long after its due time each timer fired.
