@@ -8,6 +8,9 @@
 //! (run once with CYCLES=0 and subtract: the difference over CYCLES is the
 //! instruction count of one cycle, setup excluded).
 
+#[path = "common.rs"]
+mod common;
+
 use callcontrol_core::engine::Engine;
 use callcontrol_core::prelude::*;
 
@@ -27,16 +30,6 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn request(i: u64) -> InitRequest {
-    let mut r = InitRequest::new(
-        format!("{i:08x}-4a3b-11ef-9c3d@10.0.0.1"),
-        format!("\"User {i}\" <sip:user{}@example.com>", i % 50_000),
-        "sip:0031201234567@example.com",
-    );
-    r.from_tag = format!("{i}SIPpTag001");
-    r
-}
-
 fn main() {
     let cycles = env("CYCLES", 1_000_000);
     let background = env("BACKGROUND", 100_000);
@@ -46,7 +39,7 @@ fn main() {
     });
     let mut now = Timestamp(1_700_000_000_000);
     for i in 0..background {
-        let req = request(10_000_000_000 + i);
+        let req = common::request(10_000_000_000 + i, 50_000);
         let id = req.call_id.clone();
         e.handle(now, 0, Request::Init(req));
         e.handle(
@@ -67,25 +60,14 @@ fn main() {
     let mut done = 0;
     while done < cycles {
         let n = (cycles - done).min(256);
-        let reqs: Vec<InitRequest> = (done..done + n).map(request).collect();
+        let reqs: Vec<InitRequest> = (done..done + n)
+            .map(|i| common::request(i, 50_000))
+            .collect();
         done += n;
         let t = std::time::Instant::now();
         for req in reqs {
             now = now.plus_millis(1);
-            let id = req.call_id.clone();
-            e.handle(now, 1, Request::Init(req));
-            e.handle(
-                now,
-                2,
-                Request::Start(StartRequest {
-                    call_id: id.clone(),
-                    dialog_id: Some(DialogId::new(3, 4)),
-                }),
-            );
-            e.handle(now, 3, Request::Stop { call_id: id });
-            e.handle_timeout(now);
-            drop(e.take_changes());
-            while e.poll_effect().is_some() {}
+            common::cycle(&mut e, now, req);
         }
         engine_wall += t.elapsed();
     }

@@ -6,19 +6,12 @@
 
 use std::hint::black_box;
 
+#[path = "common.rs"]
+mod common;
+
 use callcontrol_core::engine::{Effect, Engine};
 use callcontrol_core::prelude::*;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-
-fn init(i: u64) -> InitRequest {
-    let mut r = InitRequest::new(
-        format!("{i:08x}-4a3b-11ef-9c3d@10.0.0.1"),
-        format!("\"User {i}\" <sip:user{}@example.com>", i % 5000),
-        "sip:0031201234567@example.com",
-    );
-    r.from_tag = format!("{i}SIPpTag001");
-    r
-}
 
 fn drain(e: &mut Engine) {
     black_box(e.take_changes());
@@ -35,7 +28,11 @@ fn engine_with(background: u64) -> (Engine, Timestamp) {
     });
     let now = Timestamp(1_700_000_000_000);
     for i in 0..background {
-        e.handle(now, i, Request::Init(init(1_000_000_000 + i)));
+        e.handle(
+            now,
+            i,
+            Request::Init(common::request(1_000_000_000 + i, 5000)),
+        );
         let call_id = CallId::new(format!("{:08x}-4a3b-11ef-9c3d@10.0.0.1", 1_000_000_000 + i));
         e.handle(
             now,
@@ -61,24 +58,11 @@ fn bench_cycle(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     i += 1;
-                    let req = init(i);
-                    let id = req.call_id.clone();
-                    (req, id)
+                    common::request(i, 5000)
                 },
-                |(req, id)| {
+                |req| {
                     now = now.plus_millis(1);
-                    e.handle(now, 1, Request::Init(req));
-                    e.handle(
-                        now,
-                        2,
-                        Request::Start(StartRequest {
-                            call_id: id.clone(),
-                            dialog_id: Some(DialogId::new(3, 4)),
-                        }),
-                    );
-                    e.handle(now, 3, Request::Stop { call_id: id });
-                    e.handle_timeout(now);
-                    drain(&mut e);
+                    common::cycle(&mut e, now, req);
                 },
                 BatchSize::SmallInput,
             )

@@ -181,6 +181,23 @@ struct State {
     timing: Option<Vec<Duration>>,
 }
 
+impl State {
+    /// No accounts, the default rate (0.10/min), no faults.
+    fn new() -> Self {
+        State {
+            accounts: HashMap::new(),
+            rates: Vec::new(),
+            default_rate: 1_000,
+            ledger: Vec::new(),
+            requests: Vec::new(),
+            faults: VecDeque::new(),
+            latency: Duration::ZERO,
+            connections: 0,
+            timing: None,
+        }
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
@@ -245,17 +262,7 @@ impl FakeCdrtool {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                accounts: HashMap::new(),
-                rates: Vec::new(),
-                default_rate: 1_000,
-                ledger: Vec::new(),
-                requests: Vec::new(),
-                faults: VecDeque::new(),
-                latency: Duration::ZERO,
-                connections: 0,
-                timing: None,
-            }),
+            state: Mutex::new(State::new()),
             clock,
             release: Notify::new(),
         });
@@ -825,17 +832,7 @@ mod tests {
     use super::*;
 
     fn state() -> State {
-        State {
-            accounts: HashMap::new(),
-            rates: Vec::new(),
-            default_rate: 1_000,
-            ledger: Vec::new(),
-            requests: Vec::new(),
-            faults: VecDeque::new(),
-            latency: Duration::ZERO,
-            connections: 0,
-            timing: None,
-        }
+        State::new()
     }
 
     fn text(a: Action) -> String {
