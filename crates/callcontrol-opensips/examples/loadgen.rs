@@ -1,6 +1,7 @@
 //! Load generator: N emulated OpenSIPS workers against a `call_control`
 //! socket, reporting calls/s (init + start + stop), per-request latency
-//! percentiles and the daemon's CPU time per call.
+//! percentiles, the server's CPU time per call and the load generator's own
+//! CPU time per call (client and server share the machine's cores).
 //!
 //! ```text
 //! # In-process daemon (engine + server, fixed 3600 s limit) and a stateless
@@ -13,25 +14,50 @@
 //! Options: `--connections 8,32`, `--duration 3` (seconds per run),
 //! `--runs 3` (the median is reported), `--prefill 100000` (sessions in
 //! progress before the last measurement; 0 to skip), `--no-echo`,
-//! `--server-threads N` (tokio workers of the spawned servers; 1 = a
-//! current-thread runtime), `--client-threads N`, and `--engine-only` (the
-//! engine and driver alone through the handle, no sockets).
+//! `--server-threads N` (tokio workers of the spawned daemon; 1 = a
+//! current-thread runtime), `--echo-threads N` (the same for the echo
+//! responder; default 1, its best setting on a 2-core machine),
+//! `--client-threads N`, and `--engine-only` (the engine and driver alone
+//! through the handle, no sockets).
 //!
-//! Each worker owns one connection and is strictly request → reply. Worker
-//! `k` sends the `init` of its own calls, the `start` of worker `k+1`'s calls
-//! and the `stop` of worker `k+2`'s, so each call's three requests arrive on
-//! three different connections, as with OpenSIPS.
+//! Each worker owns one connection and is strictly request → reply, as an
+//! OpenSIPS worker: a blocking `send`, then `poll(POLLIN)` and `recv`. So
+//! the client's sockets are registered for read readiness only (never
+//! `EPOLLOUT`, whose wake-ups on every `recv` of the server would cost both
+//! sides), requests are written directly and built without allocating.
+//! Worker `k` sends the `init` of its own calls, the `start` of worker
+//! `k+1`'s calls and the `stop` of worker `k+2`'s, so each call's three
+//! requests arrive on three different connections, as with OpenSIPS. A
+//! worker has at most [`WINDOW`] calls of its own in progress; one with
+//! nothing to send sleeps until a neighbour makes progress.
+//!
+//! The echo responder is the baseline: the same decoder as the daemon,
+//! connections registered for read readiness only, direct writes, and no
+//! state.
 
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callcontrol_core::prelude::*;
-use callcontrol_opensips::codec::{write_request, Decoder};
+use callcontrol_opensips::codec::{encode_request, write_request, Decoder};
 use callcontrol_opensips::server::{bind_socket, serve, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+/// Calls of its own a worker may have in progress (inited, not yet
+/// stopped): a bound on the sessions the load leaves in progress, wide
+/// enough that workers next to never wait for it.
+const WINDOW: u64 = 32;
+
+/// The echo responder's runtime: 1 = current-thread, its best figures on a
+/// 2-core machine shared with the client (no cross-thread wake-ups).
+const ECHO_THREADS: usize = 1;
 
 struct Args {
     socket: Option<PathBuf>,
@@ -43,10 +69,11 @@ struct Args {
     echo: bool,
     client_threads: usize,
     server_threads: usize,
+    echo_threads: usize,
 }
 
 /// `--serve`/`--serve-echo` mode: socket path, echo or not, threads.
-type ServeMode = Option<(PathBuf, bool, usize)>;
+type ServeMode = Option<(PathBuf, bool)>;
 
 fn parse_args() -> Result<(ServeMode, Args), String> {
     let mut a = Args {
@@ -59,6 +86,7 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
         echo: true,
         client_threads: 1,
         server_threads: 2,
+        echo_threads: ECHO_THREADS,
     };
     let mut serve = None;
     let mut it = std::env::args().skip(1);
@@ -68,6 +96,7 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
             "--serve" => serve = Some((PathBuf::from(val()?), false)),
             "--serve-echo" => serve = Some((PathBuf::from(val()?), true)),
             "--server-threads" => a.server_threads = val()?.parse().map_err(|e| format!("{e}"))?,
+            "--echo-threads" => a.echo_threads = val()?.parse().map_err(|e| format!("{e}"))?,
             "--client-threads" => a.client_threads = val()?.parse().map_err(|e| format!("{e}"))?,
             "--socket" => a.socket = Some(PathBuf::from(val()?)),
             "--pid" => a.pid = Some(val()?.parse().map_err(|e| format!("--pid: {e}"))?),
@@ -90,7 +119,10 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok((serve.map(|(p, e)| (p, e, a.server_threads)), a))
+    if a.connections.contains(&0) {
+        return Err("--connections: at least 1".into());
+    }
+    Ok((serve, a))
 }
 
 fn main() {
@@ -101,7 +133,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Some((path, echo, threads)) = serve_mode {
+    if let Some((path, echo)) = serve_mode {
+        let threads = if echo {
+            args.echo_threads
+        } else {
+            args.server_threads
+        };
         return run_server(&path, echo, threads);
     }
     runtime(args.client_threads).block_on(bench(args));
@@ -149,37 +186,95 @@ fn run_server(path: &Path, echo: bool, threads: usize) {
 }
 
 /// The baseline: answers every request with the right reply string, keeps
-/// no state. Same decoder and buffering as the real server.
+/// no state. Same decoder as the real server; read readiness only, and the
+/// replies to what one read brought written with one direct `write`.
 async fn echo_server(listener: UnixListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
-            let mut stream = BufWriter::new(stream);
-            let mut d = Decoder::new();
-            loop {
-                while let Some(r) = d.decode() {
-                    let reply: &[u8] = match r {
-                        Ok(Request::Init(_)) => b"Limited\r\n",
-                        Ok(_) => b"Ok\r\n",
-                        Err(_) => b"Error\r\n",
-                    };
-                    if stream.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-                if stream.flush().await.is_err() {
-                    return;
-                }
-                let buf = d.buffer_mut();
-                buf.reserve(4096);
-                match stream.read_buf(buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
+            let _ = echo_connection(stream).await;
         });
+    }
+}
+
+async fn echo_connection(stream: tokio::net::UnixStream) -> io::Result<()> {
+    let fd = read_only(stream.into_std()?)?;
+    let mut d = Decoder::new();
+    let mut out = Vec::with_capacity(256);
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(r) = d.decode() {
+            out.extend_from_slice(match r {
+                Ok(Request::Init(_)) => b"Limited\r\n",
+                Ok(_) => b"Ok\r\n",
+                Err(_) => b"Error\r\n",
+            });
+        }
+        if !out.is_empty() {
+            send_all(fd.get_ref(), &out).await?;
+            out.clear();
+        }
+        match recv(&fd, &mut chunk).await? {
+            0 => return Ok(()),
+            n => d.feed(&chunk[..n]),
+        }
+    }
+}
+
+// ---- socket I/O as an OpenSIPS worker does it ---------------------------------
+
+/// Registers `stream` (made non-blocking) with the runtime for read
+/// readiness only.
+///
+/// `with_interest` is deprecated in favour of the `unsafe`
+/// `register_with_interest`, whose contract (the descriptor stays open and
+/// the same while registered) an owned `UnixStream` upholds by itself.
+#[allow(deprecated)]
+fn read_only(stream: StdUnixStream) -> io::Result<AsyncFd<StdUnixStream>> {
+    stream.set_nonblocking(true)?;
+    AsyncFd::with_interest(stream, Interest::READABLE)
+}
+
+/// Writes all of `buf` with direct `write`s. The socket is not registered
+/// for write readiness: a full send buffer (never seen with requests and
+/// replies this small) is waited out with short sleeps.
+async fn send_all(mut stream: &StdUnixStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_micros(50)).await
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One `recv` once the socket is readable; 0 at end of stream. A short read
+/// drained the socket, so its readiness is cleared at once: the next call
+/// waits for the next reply instead of paying for a `recv` that would block.
+async fn recv(fd: &AsyncFd<StdUnixStream>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|s| {
+            let mut r = s.get_ref();
+            r.read(buf)
+        }) {
+            Ok(Ok(n)) => {
+                if n > 0 && n < buf.len() {
+                    guard.clear_ready();
+                }
+                return Ok(n);
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
     }
 }
 
@@ -239,37 +334,175 @@ async fn engine_only() {
 
 // ---- the client -------------------------------------------------------------
 
+/// One emulated OpenSIPS worker's connection.
 struct Conn {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    out: Vec<u8>,
+    fd: AsyncFd<StdUnixStream>,
+    /// The reply being received (one short line).
+    reply: [u8; 64],
 }
 
 impl Conn {
-    async fn connect(path: &Path) -> std::io::Result<Conn> {
+    async fn connect(path: &Path) -> io::Result<Conn> {
+        let stream = tokio::net::UnixStream::connect(path).await?.into_std()?;
         Ok(Conn {
-            stream: UnixStream::connect(path).await?,
-            buf: Vec::with_capacity(256),
-            out: Vec::with_capacity(512),
+            fd: read_only(stream)?,
+            reply: [0; 64],
         })
     }
-    /// One request, one reply line; returns whether the reply was `expected`.
-    async fn call(&mut self, req: &Request, expected: &[u8]) -> std::io::Result<bool> {
-        self.out.clear();
-        write_request(req, &mut self.out);
-        self.stream.write_all(&self.out).await?;
-        self.buf.clear();
+
+    /// Sends `request`, reads one reply line; returns whether it was `expected`.
+    async fn call(&mut self, request: &[u8], expected: &[u8]) -> io::Result<bool> {
+        send_all(self.fd.get_ref(), request).await?;
+        let mut len = 0;
         loop {
-            let mut chunk = [0u8; 256];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            if len == self.reply.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "reply line too long",
+                ));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
-            if self.buf.ends_with(b"\n") {
-                return Ok(self.buf == expected);
+            match recv(&self.fd, &mut self.reply[len..]).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => len += n,
+            }
+            if self.reply[..len].ends_with(b"\n") {
+                return Ok(&self.reply[..len] == expected);
             }
         }
+    }
+}
+
+/// The host part of every Call-ID: `{prefix}-{worker}-{n}@127.0.0.1`.
+const CALL_ID_HOST: &[u8] = b"@127.0.0.1";
+
+/// The requests of one worker, built without allocating into a reused
+/// buffer: byte for byte what [`write_request`] writes for [`init_req`] and
+/// the matching `start` and `stop` (see [`check_wire_format`]).
+struct Requests {
+    /// The `init` up to its Call-ID, and from the end of the Call-ID on
+    /// (the `from` names the worker).
+    init_head: Vec<u8>,
+    init_tail: Vec<u8>,
+    /// Call-ID stems `{prefix}-{worker}-` of the calls this worker inits,
+    /// starts and stops.
+    init_stem: Vec<u8>,
+    start_stem: Vec<u8>,
+    stop_stem: Vec<u8>,
+    /// The worker whose calls this worker starts (its dialog ids' `h_entry`).
+    start_of: u32,
+    out: Vec<u8>,
+}
+
+impl Requests {
+    fn new(prefix: &str, worker: usize, start_of: usize, stop_of: usize) -> Requests {
+        // The init template, from write_request itself, split at the Call-ID.
+        const MARK: &str = "\u{1}call-id\u{1}";
+        let mut template = Vec::new();
+        write_request(&Request::Init(init_req_with(MARK, worker)), &mut template);
+        let at = template
+            .windows(MARK.len())
+            .position(|w| w == MARK.as_bytes())
+            .expect("the Call-ID is in the init request");
+        let stem = |w: usize| format!("{prefix}-{w}-").into_bytes();
+        Requests {
+            init_head: template[..at].to_vec(),
+            init_tail: template[at + MARK.len()..].to_vec(),
+            init_stem: stem(worker),
+            start_stem: stem(start_of),
+            stop_stem: stem(stop_of),
+            start_of: start_of as u32,
+            out: Vec::with_capacity(template.len() + 64),
+        }
+    }
+
+    /// The `init` of this worker's call `i`.
+    fn init(&mut self, i: u64) -> &[u8] {
+        self.out.clear();
+        self.out.extend_from_slice(&self.init_head);
+        push_call_id(&mut self.out, &self.init_stem, i);
+        self.out.extend_from_slice(&self.init_tail);
+        &self.out
+    }
+
+    /// The `start` of call `i` of worker `start_of`, with dialog id
+    /// `start_of:i`.
+    fn start(&mut self, i: u64) -> &[u8] {
+        self.out.clear();
+        self.out.extend_from_slice(b"start\r\ncallid: ");
+        push_call_id(&mut self.out, &self.start_stem, i);
+        self.out.extend_from_slice(b"\r\ndialogid: ");
+        push_u64(
+            &mut self.out,
+            DialogId::new(self.start_of, i as u32).as_u64(),
+        );
+        self.out.extend_from_slice(b"\r\n\r\n");
+        &self.out
+    }
+
+    /// The `stop` of call `i` of worker `stop_of`.
+    fn stop(&mut self, i: u64) -> &[u8] {
+        self.out.clear();
+        self.out.extend_from_slice(b"stop\r\ncallid: ");
+        push_call_id(&mut self.out, &self.stop_stem, i);
+        self.out.extend_from_slice(b"\r\n\r\n");
+        &self.out
+    }
+}
+
+fn push_call_id(out: &mut Vec<u8>, stem: &[u8], i: u64) {
+    out.extend_from_slice(stem);
+    push_u64(out, i);
+    out.extend_from_slice(CALL_ID_HOST);
+}
+
+/// Appends `v` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+fn init_req(prefix: &str, k: usize, i: u64) -> Request {
+    Request::Init(init_req_with(&format!("{prefix}-{k}-{i}@127.0.0.1"), k))
+}
+
+fn init_req_with(call_id: &str, k: usize) -> InitRequest {
+    let mut r = InitRequest::new(
+        call_id,
+        format!("\"cc test\" <sip:user{k}@example.com>"),
+        "sip:1000@127.0.0.1:5060",
+    );
+    r.from_tag = "1469SIPpTag001".into();
+    r
+}
+
+/// Panics unless [`Requests`] writes exactly what `write_request` writes.
+fn check_wire_format(prefix: &str) {
+    let (k, s, t) = (3, 4, 5);
+    let mut r = Requests::new(prefix, k, s, t);
+    for i in [0, 1, 9, 10, 99, 100, 4711, 123_456_789, u64::from(u32::MAX)] {
+        assert_eq!(
+            r.init(i),
+            encode_request(&init_req(prefix, k, i)),
+            "init {i}"
+        );
+        let start = Request::Start(StartRequest {
+            call_id: CallId::new(format!("{prefix}-{s}-{i}@127.0.0.1")),
+            dialog_id: Some(DialogId::new(s as u32, i as u32)),
+        });
+        assert_eq!(r.start(i), encode_request(&start), "start {i}");
+        let stop = Request::Stop {
+            call_id: CallId::new(format!("{prefix}-{t}-{i}@127.0.0.1")),
+        };
+        assert_eq!(r.stop(i), encode_request(&stop), "stop {i}");
     }
 }
 
@@ -277,24 +510,64 @@ impl Conn {
 struct Sample {
     calls: u64,
     mismatches: u64,
+    /// Latencies in µs: all requests, and the `init`s alone.
     all: Vec<u32>,
     init: Vec<u32>,
     elapsed: Duration,
     cpu: Option<Duration>,
+    client_cpu: Option<Duration>,
 }
 
-fn init_req(prefix: &str, k: usize, i: u64) -> Request {
-    let mut r = InitRequest::new(
-        format!("{prefix}-{k}-{i}@127.0.0.1"),
-        format!("\"cc test\" <sip:user{k}@example.com>"),
-        "sip:1000@127.0.0.1:5060",
-    );
-    r.from_tag = "1469SIPpTag001".into();
-    Request::Init(r)
+impl Sample {
+    fn with_capacity(requests: usize) -> Sample {
+        Sample {
+            all: Vec::with_capacity(requests),
+            init: Vec::with_capacity(requests / 3 + 16),
+            ..Default::default()
+        }
+    }
+
+    /// Records a reply that came at `now` to a request sent at `sent`.
+    fn record(&mut self, sent: Instant, now: Instant, ok: bool, init: bool) {
+        let us = u32::try_from(now.duration_since(sent).as_micros()).unwrap_or(u32::MAX);
+        self.all.push(us);
+        if init {
+            self.init.push(us);
+        }
+        self.mismatches += u64::from(!ok);
+    }
 }
 
-/// Runs `n` workers for `duration` (or until `max_calls` calls are
-/// started, when `stop_calls` is false: the prefill).
+/// Progress of the workers, and their wake-ups.
+struct Shared {
+    /// Per worker `k`: calls of its own inited, starts sent (of worker
+    /// `k+1`'s calls), stops sent (of worker `k+2`'s calls).
+    inited: Vec<AtomicU64>,
+    started: Vec<AtomicU64>,
+    stopped: Vec<AtomicU64>,
+    /// Wakes worker `k` when a counter it waits for moved (or at the end).
+    wake: Vec<Notify>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn new(n: usize) -> Shared {
+        let counters = || (0..n).map(|_| AtomicU64::new(0)).collect();
+        Shared {
+            inited: counters(),
+            started: counters(),
+            stopped: counters(),
+            wake: (0..n).map(|_| Notify::new()).collect(),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Calls per second the latency vectors are sized for (more just grow them).
+const EXPECTED_CALLS_PER_S: f64 = 100_000.0;
+
+/// Runs `n` workers for `duration`, or, with `prefill`, until that many
+/// calls are inited and started (and left in progress).
 async fn run_load(
     path: &Path,
     n: usize,
@@ -302,87 +575,38 @@ async fn run_load(
     prefix: &str,
     prefill: Option<u64>,
 ) -> Sample {
-    let inited: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let started: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut conns = Vec::new();
+    let shared = Arc::new(Shared::new(n));
+    let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(Conn::connect(path).await.expect("connect"));
     }
+    let requests = match prefill {
+        Some(p) => 2 * p.div_ceil(n as u64) as usize,
+        None => (duration.as_secs_f64() * EXPECTED_CALLS_PER_S * 3.0 / n as f64) as usize,
+    };
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for (k, mut conn) in conns.into_iter().enumerate() {
-        let (inited, started, stop) = (inited.clone(), started.clone(), stop.clone());
+    let mut tasks = Vec::with_capacity(n);
+    for (k, conn) in conns.into_iter().enumerate() {
+        let shared = shared.clone();
         let prefix = prefix.to_string();
+        let sample = Sample::with_capacity(requests);
         tasks.push(tokio::spawn(async move {
-            let mut s = Sample::default();
-            let (j1, j2) = ((k + 1) % n, (k + 2) % n);
-            let (mut i, mut si, mut ti) = (0u64, 0u64, 0u64);
-            let per_worker = prefill.map(|p| p.div_ceil(n as u64));
-            loop {
-                if stop.load(Ordering::Relaxed) || per_worker.is_some_and(|p| i >= p && si >= p) {
-                    break;
-                }
-                let mut progressed = false;
-                if per_worker.is_none_or(|p| i < p) {
-                    let t = Instant::now();
-                    let ok = conn
-                        .call(&init_req(&prefix, k, i), b"Limited\r\n")
-                        .await
-                        .expect("init");
-                    let us = t.elapsed().as_micros() as u32;
-                    s.all.push(us);
-                    s.init.push(us);
-                    s.mismatches += u64::from(!ok);
-                    i += 1;
-                    inited[k].store(i, Ordering::Release);
-                    progressed = true;
-                }
-                // The start of the next worker's call, once its init is answered.
-                let (sj, tj) = if prefill.is_some() { (k, k) } else { (j1, j2) };
-                if si < inited[sj].load(Ordering::Acquire) {
-                    let req = Request::Start(StartRequest {
-                        call_id: CallId::new(format!("{prefix}-{sj}-{si}@127.0.0.1")),
-                        dialog_id: Some(DialogId::new(sj as u32, si as u32)),
-                    });
-                    let t = Instant::now();
-                    let ok = conn.call(&req, b"Ok\r\n").await.expect("start");
-                    s.all.push(t.elapsed().as_micros() as u32);
-                    s.mismatches += u64::from(!ok);
-                    si += 1;
-                    started[k].store(si, Ordering::Release);
-                    progressed = true;
-                }
-                // The stop of the call after next, once its start is answered.
-                if prefill.is_none() && ti < started[(tj + n - 1) % n].load(Ordering::Acquire) {
-                    let req = Request::Stop {
-                        call_id: CallId::new(format!("{prefix}-{tj}-{ti}@127.0.0.1")),
-                    };
-                    let t = Instant::now();
-                    let ok = conn.call(&req, b"Ok\r\n").await.expect("stop");
-                    s.all.push(t.elapsed().as_micros() as u32);
-                    s.mismatches += u64::from(!ok);
-                    ti += 1;
-                    s.calls += 1;
-                    progressed = true;
-                }
-                if !progressed {
-                    tokio::task::yield_now().await;
-                }
+            match prefill {
+                Some(p) => prefill_worker(k, conn, &prefix, p.div_ceil(n as u64), sample).await,
+                None => worker(k, n, conn, &shared, &prefix, sample).await,
             }
-            if prefill.is_some() {
-                s.calls = si;
-            }
-            s
         }));
     }
     if prefill.is_none() {
         tokio::time::sleep(duration).await;
-        stop.store(true, Ordering::Relaxed);
+        shared.stop.store(true, Ordering::Relaxed);
+        for w in &shared.wake {
+            w.notify_one();
+        }
     }
-    let mut total = Sample::default();
+    let mut total = Sample::with_capacity(requests * n);
     for t in tasks {
-        let s = t.await.expect("worker");
+        let s = t.await.expect("worker task").expect("worker");
         total.calls += s.calls;
         total.mismatches += s.mismatches;
         total.all.extend(s.all);
@@ -390,6 +614,82 @@ async fn run_load(
     }
     total.elapsed = t0.elapsed();
     total
+}
+
+/// Worker `k` of `n` until `shared.stop`: the `init`s of its own calls (at
+/// most [`WINDOW`] in progress), the `start`s of worker `k+1`'s calls and
+/// the `stop`s of worker `k+2`'s, each once the previous step is answered.
+/// With nothing to send it sleeps until a neighbour wakes it.
+/// One clock reading per request: a reply's time is the next request's
+/// send time.
+async fn worker(
+    k: usize,
+    n: usize,
+    mut conn: Conn,
+    shared: &Shared,
+    prefix: &str,
+    mut s: Sample,
+) -> io::Result<Sample> {
+    let (next, after, prev) = ((k + 1) % n, (k + 2) % n, (k + n - 1) % n);
+    // The worker that stops this worker's calls.
+    let stopper = (k + 2 * n - 2) % n;
+    let mut req = Requests::new(prefix, k, next, after);
+    let (mut i, mut si, mut ti) = (0u64, 0u64, 0u64);
+    let mut now = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        // One request at a time, the call furthest along first, so that no
+        // start or stop falls behind for good.
+        if ti < shared.started[next].load(Ordering::Acquire) {
+            let ok = conn.call(req.stop(ti), b"Ok\r\n").await?;
+            let sent = std::mem::replace(&mut now, Instant::now());
+            s.record(sent, now, ok, false);
+            ti += 1;
+            s.calls += 1;
+            shared.stopped[k].store(ti, Ordering::Release);
+            shared.wake[after].notify_one();
+        } else if si < shared.inited[next].load(Ordering::Acquire) {
+            let ok = conn.call(req.start(si), b"Ok\r\n").await?;
+            let sent = std::mem::replace(&mut now, Instant::now());
+            s.record(sent, now, ok, false);
+            si += 1;
+            shared.started[k].store(si, Ordering::Release);
+            shared.wake[prev].notify_one();
+        } else if i < shared.stopped[stopper].load(Ordering::Acquire) + WINDOW {
+            let ok = conn.call(req.init(i), b"Limited\r\n").await?;
+            let sent = std::mem::replace(&mut now, Instant::now());
+            s.record(sent, now, ok, true);
+            i += 1;
+            shared.inited[k].store(i, Ordering::Release);
+            shared.wake[prev].notify_one();
+        } else {
+            shared.wake[k].notified().await;
+            now = Instant::now();
+        }
+    }
+    Ok(s)
+}
+
+/// Worker `k` of the prefill: `init` and `start` of `count` calls of its
+/// own, left in progress.
+async fn prefill_worker(
+    k: usize,
+    mut conn: Conn,
+    prefix: &str,
+    count: u64,
+    mut s: Sample,
+) -> io::Result<Sample> {
+    let mut req = Requests::new(prefix, k, k, k);
+    let mut now = Instant::now();
+    for i in 0..count {
+        let ok = conn.call(req.init(i), b"Limited\r\n").await?;
+        let sent = std::mem::replace(&mut now, Instant::now());
+        s.record(sent, now, ok, true);
+        let ok = conn.call(req.start(i), b"Ok\r\n").await?;
+        let sent = std::mem::replace(&mut now, Instant::now());
+        s.record(sent, now, ok, false);
+    }
+    s.calls = count;
+    Ok(s)
 }
 
 fn pct(v: &mut [u32], p: f64) -> u32 {
@@ -422,7 +722,7 @@ fn clk_tck() -> f64 {
 }
 
 struct Target {
-    name: &'static str,
+    name: String,
     path: PathBuf,
     pid: Option<u32>,
     child: Option<std::process::Child>,
@@ -446,9 +746,9 @@ fn spawn_server(dir: &Path, echo: bool, threads: usize) -> Target {
     }
     Target {
         name: if echo {
-            "echo responder"
+            format!("echo responder ({})", threads_name(threads))
         } else {
-            "daemon (in-process engine, fixed limit)"
+            "daemon (in-process engine, fixed limit)".to_string()
         },
         path,
         pid: Some(child.id()),
@@ -460,9 +760,12 @@ async fn measure(t: &Target, n: usize, duration: Duration, runs: usize, tag: &st
     let mut samples = Vec::new();
     for r in 0..runs {
         let cpu0 = t.pid.and_then(cpu_of);
+        let own0 = cpu_of(std::process::id());
         let mut s = run_load(&t.path, n, duration, &format!("{tag}{n}r{r}"), None).await;
         let cpu1 = t.pid.and_then(cpu_of);
+        let own1 = cpu_of(std::process::id());
         s.cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+        s.client_cpu = own0.zip(own1).map(|(a, b)| b.saturating_sub(a));
         samples.push(s);
     }
     samples
@@ -508,20 +811,30 @@ fn report(name: &str, n: usize, samples: &mut [Sample]) -> f64 {
     } else {
         format!("{:.1}", median(cpu))
     };
+    let client = median(
+        samples
+            .iter()
+            .map(|s| {
+                s.client_cpu
+                    .map_or(0.0, |c| c.as_secs_f64() * 1e6 / s.calls.max(1) as f64)
+            })
+            .collect(),
+    );
     let mism: u64 = samples.iter().map(|s| s.mismatches).sum();
     println!(
         "{name:<42} conns={n:<3} calls/s={rate:>8.0}  req p50={p50:>5.0}µs p99={p99:>6.0}µs p999={p999:>6.0}µs  \
-         init p99={ip99:>6.0}µs max={imax:>6}µs  cpu/call={cpu:>6}µs  unexpected={mism}"
+         init p99={ip99:>6.0}µs max={imax:>6}µs  cpu/call={cpu:>6}µs  client cpu/call={client:>5.1}µs  unexpected={mism}"
     );
     rate
 }
 
 async fn bench(args: Args) {
+    check_wire_format("c8r0");
     let dir = tempfile_dir();
     let mut targets = Vec::new();
     match &args.socket {
         Some(p) => targets.push(Target {
-            name: "daemon at --socket",
+            name: "daemon at --socket".to_string(),
             path: p.clone(),
             pid: args.pid,
             child: None,
@@ -529,7 +842,7 @@ async fn bench(args: Args) {
         None => targets.push(spawn_server(&dir, false, args.server_threads)),
     }
     if args.echo {
-        targets.push(spawn_server(&dir, true, args.server_threads));
+        targets.push(spawn_server(&dir, true, args.echo_threads));
     }
     println!(
         "loadgen: {} s per run, median of {} runs, connections {:?}",
@@ -541,7 +854,7 @@ async fn bench(args: Args) {
     for t in &targets {
         for &n in &args.connections {
             let mut samples = measure(t, n, args.duration, args.runs, "c").await;
-            rates.push((t.name, n, report(t.name, n, &mut samples)));
+            rates.push((t.name.as_str(), n, report(&t.name, n, &mut samples)));
         }
     }
     for &n in &args.connections {
@@ -587,8 +900,35 @@ async fn bench(args: Args) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn threads_name(threads: usize) -> String {
+    if threads <= 1 {
+        "current-thread".to_string()
+    } else {
+        format!("{threads} threads")
+    }
+}
+
 fn tempfile_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("callcontrol-loadgen-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&d);
     d
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn requests_are_what_write_request_writes() {
+        super::check_wire_format("t1");
+        super::check_wire_format("prefill");
+    }
+
+    #[test]
+    fn decimal() {
+        let mut out = Vec::new();
+        for v in [0, 7, 10, 65_535, u64::MAX] {
+            out.clear();
+            super::push_u64(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+    }
 }
