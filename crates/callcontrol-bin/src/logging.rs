@@ -203,8 +203,27 @@ fn write_prefix(out: &mut String, level: Level, journald: bool) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let (secs, ms) = (now.as_secs(), now.subsec_millis());
-        let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-        let _ = write!(out, "{h:02}:{m:02}:{s:02}.{ms:03} {:<5} ", level.as_str());
+        // By hand rather than `write!`: this runs for every line logged.
+        let digits = |out: &mut String, v: u64, width: u32| {
+            for i in (0..width).rev() {
+                out.push(char::from(b'0' + (v / 10u64.pow(i) % 10) as u8));
+            }
+        };
+        digits(out, (secs / 3600) % 24, 2);
+        out.push(':');
+        digits(out, (secs / 60) % 60, 2);
+        out.push(':');
+        digits(out, secs % 60, 2);
+        out.push('.');
+        digits(out, u64::from(ms), 3);
+        out.push(' ');
+        out.push_str(match level {
+            Level::Error => "ERROR ",
+            Level::Warn => "WARN  ",
+            Level::Info => "INFO  ",
+            Level::Debug => "DEBUG ",
+            Level::Trace => "TRACE ",
+        });
     }
 }
 
@@ -220,6 +239,14 @@ mod tests {
         );
         assert_eq!(format_line(Level::Error, "x", true), "<3>x\n");
         let l = format_line(Level::Info, "hello", false);
-        assert!(l.ends_with("INFO  hello\n"), "{l}");
+        assert!(l.ends_with(" INFO  hello\n"), "{l}");
+        // hh:mm:ss.mmm
+        let b = l.as_bytes();
+        assert_eq!((b[2], b[5], b[8], b[12]), (b':', b':', b'.', b' '), "{l}");
+        assert!(
+            l[..12].bytes().filter(u8::is_ascii_digit).count() == 9,
+            "{l}"
+        );
+        assert!(format_line(Level::Warn, "w", false).ends_with(" WARN  w\n"));
     }
 }

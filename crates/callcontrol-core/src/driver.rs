@@ -1,18 +1,30 @@
 //! The thin tokio driver that owns an [`Engine`] and performs its effects.
 //!
-//! One task owns the engine. Requests arrive on a channel with a oneshot for
-//! the reply; backend calls run as spawned tasks whose answers come back as
+//! The engine, its store and the replies it owes live behind one mutex
+//! (never held across an `.await`). A request is served **inline** by the
+//! task that sends it: [`Handle::request`] locks, hands the request to the
+//! engine, persists the changes, performs the effects and, when the reply is
+//! ready at once (every reply but an `init` waiting for the rating engine),
+//! returns it without any task switch. A durable store's `apply` puts the
+//! changes in the kernel before the reply is returned, so nothing
+//! acknowledged is lost.
+//!
+//! One driver task fires the engine's timers and takes the backends'
+//! answers: backend calls run as spawned tasks whose answers come back as
 //! events, so a slow rating engine delays only the sessions waiting for it.
-//! After every batch of inputs the driver persists the engine's changes
-//! (group commit) and only then sends the replies that acknowledge them.
+//!
+//! A store that flushes to disk on every apply ([`SessionStore::group_commit`],
+//! e.g. the journal with `fsync = always`) is served in batches instead:
+//! requests go to the driver task over a channel, and each batch is
+//! persisted with one flush before its replies are sent (group commit).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{error, info};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -44,8 +56,6 @@ pub struct Status {
 
 enum Command {
     Request(Request, oneshot::Sender<Reply>),
-    Status(oneshot::Sender<Status>),
-    Reload(EngineConfig),
 }
 
 enum Event {
@@ -54,20 +64,85 @@ enum Event {
     Ended(CallId, Result<EndOutcome, SignallingError>),
 }
 
+/// What the handles and the driver task share.
+struct Shared {
+    core: Mutex<Core>,
+    /// Wakes the driver when a request moved the engine's next deadline
+    /// before the one its timer is armed for.
+    rearm: Notify,
+    rating: Arc<dyn RatingBackend>,
+    signalling: Arc<dyn SignallingBackend>,
+    clock: Arc<dyn Clock>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Requests go through the driver task in batches (group commit).
+    batched: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("batched", &self.batched)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine and what it needs to persist and reply, under the mutex.
+struct Core {
+    engine: Engine,
+    store: Box<dyn SessionStore>,
+    pending: HashMap<Token, oneshot::Sender<Reply>>,
+    next_token: Token,
+    /// The deadline the driver's timer is armed for.
+    armed: Option<Timestamp>,
+    /// The driver is stopping: new requests are refused.
+    closed: bool,
+}
+
 /// A cheap, cloneable handle to a running engine.
 #[derive(Clone, Debug)]
 pub struct Handle {
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves the engine as it was between
+        // two of its own calls: go on rather than take the daemon down.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Handle {
     /// Sends any request and waits for its reply.
     pub async fn request(&self, request: Request) -> Result<Reply, DriverError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Request(request, tx))
-            .await
-            .map_err(|_| DriverError::Stopped)?;
+        if self.shared.batched {
+            let (tx, rx) = oneshot::channel();
+            self.tx
+                .send(Command::Request(request, tx))
+                .await
+                .map_err(|_| DriverError::Stopped)?;
+            return rx.await.map_err(|_| DriverError::Stopped);
+        }
+        let rx = {
+            let mut core = self.shared.lock();
+            if core.closed {
+                return Err(DriverError::Stopped);
+            }
+            let token = core.next_token;
+            core.next_token += 1;
+            let now = self.shared.clock.now();
+            core.fire_due_timers(now);
+            core.engine.handle(now, token, request);
+            if let Some(reply) = core.flush(&self.shared, Some(token)) {
+                core.wake_driver_if_sooner(&self.shared);
+                return Ok(reply);
+            }
+            let (tx, rx) = oneshot::channel();
+            core.pending.insert(token, tx);
+            core.wake_driver_if_sooner(&self.shared);
+            rx
+        };
         rx.await.map_err(|_| DriverError::Stopped)
     }
     /// `init`.
@@ -145,19 +220,24 @@ impl Handle {
     }
     /// Counters and gauges.
     pub async fn status(&self) -> Result<Status, DriverError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Status(tx))
-            .await
-            .map_err(|_| DriverError::Stopped)?;
-        rx.await.map_err(|_| DriverError::Stopped)
+        let mut core = self.shared.lock();
+        if core.closed {
+            return Err(DriverError::Stopped);
+        }
+        if core.fire_due_timers(self.shared.clock.now()) {
+            core.flush(&self.shared, None);
+        }
+        Ok(core.status())
     }
     /// Replaces the engine's settings.
     pub async fn reload(&self, config: EngineConfig) -> Result<(), DriverError> {
-        self.tx
-            .send(Command::Reload(config))
-            .await
-            .map_err(|_| DriverError::Stopped)
+        let mut core = self.shared.lock();
+        if core.closed {
+            return Err(DriverError::Stopped);
+        }
+        core.engine.set_config(config);
+        core.wake_driver_if_sooner(&self.shared);
+        Ok(())
     }
 }
 
@@ -223,127 +303,158 @@ pub fn spawn_reconciled(
         engine.reconcile_dialogs(now, &r.live, r.down_since);
     }
     let (tx, rx) = mpsc::channel(4096);
-    let driver = Driver {
-        engine,
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let batched = parts.store.group_commit();
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            engine,
+            store: parts.store,
+            pending: HashMap::new(),
+            next_token: 1,
+            armed: None,
+            closed: false,
+        }),
+        rearm: Notify::new(),
         rating: parts.rating,
         signalling: parts.signalling,
-        store: parts.store,
         clock: parts.clock,
-        pending: HashMap::new(),
-        next_token: 1,
-        events: mpsc::unbounded_channel(),
-    };
-    let task = tokio::spawn(driver.run(rx, shutdown));
+        events: events_tx,
+        batched,
+    });
+    let task = tokio::spawn(run(shared.clone(), rx, events_rx, shutdown));
     Ok(Running {
-        handle: Handle { tx },
+        handle: Handle { shared, tx },
         task,
     })
-}
-
-struct Driver {
-    engine: Engine,
-    rating: Arc<dyn RatingBackend>,
-    signalling: Arc<dyn SignallingBackend>,
-    store: Box<dyn SessionStore>,
-    clock: Arc<dyn Clock>,
-    pending: HashMap<Token, oneshot::Sender<Reply>>,
-    next_token: Token,
-    events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
 }
 
 /// Commands taken from the channel per batch before persisting and replying.
 const BATCH: usize = 256;
 
-impl Driver {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        shutdown: CancellationToken,
-    ) -> Result<(), StoreError> {
-        self.flush();
-        // One timer and one cancellation future for the whole life of the
-        // loop: the timer is only re-armed when the engine's next deadline
-        // changes, not on every request.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
-        let sleep = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(sleep);
-        let mut armed: Option<Timestamp> = None;
-        loop {
-            let now = self.clock.now();
-            let next = self.engine.poll_timeout();
+async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Command>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    shared.lock().flush(&shared, None);
+    // One timer and one cancellation future for the whole life of the loop:
+    // the timer is only re-armed when the engine's next deadline changes,
+    // not on every request.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    loop {
+        let armed = {
+            let mut core = shared.lock();
+            let now = shared.clock.now();
+            let next = core.engine.poll_timeout();
             if next.is_some_and(|t| t <= now) {
-                self.engine.handle_timeout(now);
-                self.flush();
+                core.engine.handle_timeout(now);
+                core.flush(&shared, None);
                 continue;
             }
-            if next != armed {
+            if next != core.armed {
                 if let Some(t) = next {
                     let wait = Duration::from_millis(t.millis_since(now));
                     sleep.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
-                armed = next;
+                core.armed = next;
             }
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => break,
-                Some(ev) = self.events.1.recv() => {
-                    self.event(ev);
-                    while let Ok(ev) = self.events.1.try_recv() {
-                        self.event(ev);
+            core.armed
+        };
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            Some(ev) = events.recv() => {
+                let mut core = shared.lock();
+                core.event(&shared, ev);
+                while let Ok(ev) = events.try_recv() {
+                    core.event(&shared, ev);
+                }
+                core.flush(&shared, None);
+            }
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                let mut core = shared.lock();
+                core.command(&shared, cmd);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(cmd) => core.command(&shared, cmd),
+                        Err(_) => break,
                     }
                 }
-                cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    self.command(cmd);
-                    for _ in 1..BATCH {
-                        match rx.try_recv() {
-                            Ok(cmd) => self.command(cmd),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                _ = &mut sleep, if armed.is_some() => {
-                    armed = None;
-                    let now = self.clock.now();
-                    self.engine.handle_timeout(now);
-                }
+                core.flush(&shared, None);
             }
-            self.flush();
-        }
-        // Graceful stop: serve what is queued, then give rating answers in
-        // flight a bounded time so every `init` gets its reply.
-        rx.close();
-        while let Ok(cmd) = rx.try_recv() {
-            self.command(cmd);
-        }
-        self.flush();
-        let grace = self.engine.config().rating_timeout + Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + grace;
-        while !self.pending.is_empty() {
-            match tokio::time::timeout_at(deadline, self.events.1.recv()).await {
-                Ok(Some(ev)) => self.event(ev),
-                _ => break,
+            _ = &mut sleep, if armed.is_some() => {
+                let mut core = shared.lock();
+                core.armed = None;
+                let now = shared.clock.now();
+                core.engine.handle_timeout(now);
+                core.flush(&shared, None);
             }
-            self.flush();
+            _ = shared.rearm.notified() => {}
         }
-        self.flush();
-        self.store.close()
     }
+    // Graceful stop: refuse new requests, serve what is queued, then give
+    // rating answers in flight a bounded time so every `init` gets its reply.
+    rx.close();
+    let grace = {
+        let mut core = shared.lock();
+        core.closed = true;
+        while let Ok(cmd) = rx.try_recv() {
+            core.command(&shared, cmd);
+        }
+        core.flush(&shared, None);
+        core.engine.config().rating_timeout + Duration::from_millis(100)
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    while !shared.lock().pending.is_empty() {
+        let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ev)) => ev,
+            _ => break,
+        };
+        let mut core = shared.lock();
+        core.event(&shared, ev);
+        core.flush(&shared, None);
+    }
+    let mut core = shared.lock();
+    core.flush(&shared, None);
+    core.pending.clear();
+    core.store.close()
+}
 
-    fn command(&mut self, cmd: Command) {
+impl Core {
+    fn command(&mut self, shared: &Shared, cmd: Command) {
         match cmd {
             Command::Request(req, reply) => {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.pending.insert(token, reply);
-                let now = self.clock.now();
+                let now = shared.clock.now();
                 self.engine.handle(now, token, req);
             }
-            Command::Status(tx) => {
-                let _ = tx.send(self.status());
+        }
+    }
+
+    /// Fires the engine's timers that are due (the driver's timer may not
+    /// have woken yet), so a request sees the state as of `now`.
+    fn fire_due_timers(&mut self, now: Timestamp) -> bool {
+        let due = self.engine.poll_timeout().is_some_and(|t| t <= now);
+        if due {
+            self.engine.handle_timeout(now);
+        }
+        due
+    }
+
+    /// Wakes the driver when the engine's next deadline is now before the
+    /// one its timer is armed for (a request never waits for a timer).
+    fn wake_driver_if_sooner(&self, shared: &Shared) {
+        if let Some(t) = self.engine.poll_timeout() {
+            if self.armed.is_none_or(|a| t < a) {
+                shared.rearm.notify_one();
             }
-            Command::Reload(config) => self.engine.set_config(config),
         }
     }
 
@@ -365,8 +476,8 @@ impl Driver {
         }
     }
 
-    fn event(&mut self, ev: Event) {
-        let now = self.clock.now();
+    fn event(&mut self, shared: &Shared, ev: Event) {
+        let now = shared.clock.now();
         match ev {
             Event::Authorised(op, r) => self.engine.on_authorised(now, op, r),
             Event::Debited(seq, r) => self.engine.on_debited(now, seq, r),
@@ -375,17 +486,22 @@ impl Driver {
     }
 
     /// Persists, then performs the effects (replies last in causal order).
-    fn flush(&mut self) {
+    /// The reply for `mine`, if the engine gave it, is returned instead of
+    /// being sent to a waiting handle.
+    fn flush(&mut self, shared: &Shared, mine: Option<Token>) -> Option<Reply> {
         if self.engine.has_changes() {
             let changes = self.engine.take_changes();
             if let Err(e) = self.store.apply(&changes) {
                 error!("Could not persist {} session changes: {e}", changes.len());
             }
         }
+        let mut own = None;
         while let Some(effect) = self.engine.poll_effect() {
             match effect {
                 Effect::Reply { token, reply } => {
-                    if let Some(tx) = self.pending.remove(&token) {
+                    if Some(token) == mine {
+                        own = Some(reply);
+                    } else if let Some(tx) = self.pending.remove(&token) {
                         let _ = tx.send(reply);
                     }
                 }
@@ -394,8 +510,8 @@ impl Driver {
                     request,
                     budget: timeout,
                 } => {
-                    let rating = self.rating.clone();
-                    let events = self.events.0.clone();
+                    let rating = shared.rating.clone();
+                    let events = shared.events.clone();
                     tokio::spawn(async move {
                         let r =
                             match tokio::time::timeout(timeout, rating.authorise(&request)).await {
@@ -406,16 +522,16 @@ impl Driver {
                     });
                 }
                 Effect::Debit { seq, request } => {
-                    let rating = self.rating.clone();
-                    let events = self.events.0.clone();
+                    let rating = shared.rating.clone();
+                    let events = shared.events.clone();
                     tokio::spawn(async move {
                         let r = rating.debit(&request).await;
                         let _ = events.send(Event::Debited(seq, r));
                     });
                 }
                 Effect::EndDialog(dialog) => {
-                    let signalling = self.signalling.clone();
-                    let events = self.events.0.clone();
+                    let signalling = shared.signalling.clone();
+                    let events = shared.events.clone();
                     tokio::spawn(async move {
                         let r = signalling.end_dialog(&dialog).await;
                         let _ = events.send(Event::Ended(dialog.call_id, r));
@@ -423,5 +539,6 @@ impl Driver {
                 }
             }
         }
+        own
     }
 }

@@ -260,7 +260,7 @@ impl Engine {
             }
             let id = id.clone();
             out.push(match self.sessions.get(&id) {
-                Some(s) => StoreChange::Session(s.clone()),
+                Some(s) => StoreChange::Session(std::sync::Arc::new(s.clone())),
                 None => StoreChange::RemoveSession(id),
             });
         }

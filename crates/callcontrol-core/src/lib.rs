@@ -34,7 +34,7 @@
 //! assert_eq!(reply, InitReply::Limited);
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod clock;

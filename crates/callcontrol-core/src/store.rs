@@ -4,6 +4,7 @@
 //! sending the replies that acknowledge them, so nothing acknowledged is lost.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,14 +27,21 @@ pub struct OwedDebit {
 /// One change of the durable state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreChange {
-    /// A session was created or changed.
-    Session(Session),
+    /// A session was created or changed (shared, so a store can keep it
+    /// without copying it).
+    Session(Arc<Session>),
     /// A session is over (its debit, if any, is recorded separately first).
     RemoveSession(CallId),
     /// A debit became owed.
     Debit(OwedDebit),
     /// A debit was answered by the rating engine (Ok or Failed).
     DebitDone(u64),
+}
+
+impl From<Session> for StoreChange {
+    fn from(s: Session) -> StoreChange {
+        StoreChange::Session(Arc::new(s))
+    }
 }
 
 /// The whole durable state, as loaded at start-up.
@@ -57,13 +65,20 @@ pub trait SessionStore: Send + 'static {
     fn close(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Whether every `apply` flushes to stable storage (e.g. an `fsync`), so
+    /// that the driver should batch requests and apply each batch once
+    /// (group commit) rather than serve each request inline. Read once, when
+    /// the driver starts.
+    fn group_commit(&self) -> bool {
+        false
+    }
 }
 
 /// A store in memory: it survives nothing, but it lets tests see exactly what
 /// the engine would persist.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    sessions: HashMap<CallId, Session>,
+    sessions: HashMap<CallId, Arc<Session>>,
     debits: BTreeMap<u64, OwedDebit>,
     applied: u64,
 }
@@ -75,7 +90,7 @@ impl MemoryStore {
     }
     /// The state it holds.
     pub fn snapshot(&self) -> Snapshot {
-        let mut sessions: Vec<Session> = self.sessions.values().cloned().collect();
+        let mut sessions: Vec<Session> = self.sessions.values().map(|s| (**s).clone()).collect();
         sessions.sort_by(|a, b| a.call_id.cmp(&b.call_id));
         Snapshot {
             sessions,
@@ -93,9 +108,12 @@ impl SessionStore for MemoryStore {
         for c in changes {
             self.applied += 1;
             match c {
-                StoreChange::Session(s) => {
-                    self.sessions.insert(s.call_id.clone(), s.clone());
-                }
+                StoreChange::Session(s) => match self.sessions.get_mut(s.call_id.as_str()) {
+                    Some(slot) => *slot = s.clone(),
+                    None => {
+                        self.sessions.insert(s.call_id.clone(), s.clone());
+                    }
+                },
                 StoreChange::RemoveSession(id) => {
                     self.sessions.remove(id);
                 }
@@ -121,7 +139,7 @@ pub fn replay(snapshot: &mut Snapshot, changes: impl IntoIterator<Item = StoreCh
         &snapshot
             .sessions
             .drain(..)
-            .map(StoreChange::Session)
+            .map(StoreChange::from)
             .chain(snapshot.debits.drain(..).map(StoreChange::Debit))
             .collect::<Vec<_>>(),
     );

@@ -259,3 +259,68 @@ async fn init_reply_keeps_inside_the_proxys_500_ms_whatever_the_rating_timeout()
     );
     assert_eq!(started.elapsed(), Duration::from_millis(450));
 }
+
+/// A memory store that counts its `apply` calls and may ask for group commit.
+#[derive(Clone)]
+struct CountingStore {
+    inner: Arc<std::sync::Mutex<(MemoryStore, u32)>>,
+    group_commit: bool,
+}
+
+impl SessionStore for CountingStore {
+    fn apply(&mut self, changes: &[StoreChange]) -> Result<(), StoreError> {
+        let mut g = self.inner.lock().unwrap();
+        g.1 += 1;
+        g.0.apply(changes)
+    }
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.inner.lock().unwrap().0.load()
+    }
+    fn group_commit(&self) -> bool {
+        self.group_commit
+    }
+}
+
+/// Eight `init`s sent at once: served one by one inline, or in one batch
+/// (one `apply`) when the store flushes to disk on every apply.
+async fn applies_for_eight_concurrent_inits(group_commit: bool) -> (u32, usize) {
+    let store = CountingStore {
+        inner: Default::default(),
+        group_commit,
+    };
+    let running = driver::spawn(
+        Parts {
+            config: EngineConfig {
+                limit: Some(60),
+                ..Default::default()
+            },
+            rating: Arc::new(NoRating),
+            signalling: Arc::new(RecordingSignalling::new()),
+            store: Box::new(store.clone()),
+            clock: Arc::new(TokioClock::starting_at(Timestamp(1_700_000_000_000))),
+        },
+        CancellationToken::new(),
+    )
+    .unwrap();
+    settle().await;
+    let before = store.inner.lock().unwrap().1;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let h = running.handle.clone();
+            tokio::spawn(async move { h.init(call(&format!("g{i}"))).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), InitReply::Limited);
+    }
+    let g = store.inner.lock().unwrap();
+    (g.1 - before, g.0.snapshot().sessions.len())
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_are_served_inline_or_in_batches_for_a_group_commit_store() {
+    assert_eq!(applies_for_eight_concurrent_inits(false).await, (8, 8));
+    let (applies, persisted) = applies_for_eight_concurrent_inits(true).await;
+    assert_eq!(persisted, 8, "every acknowledged session persisted");
+    assert_eq!(applies, 1, "one batch, one apply");
+}

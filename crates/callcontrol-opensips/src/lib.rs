@@ -23,7 +23,7 @@
 //! workspace: `cd fuzz && cargo +nightly fuzz run codec`. The load generator
 //! `cargo run --release -p callcontrol-opensips --example loadgen` reports
 //! calls/s, latency percentiles and CPU per call (see its docs).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod cmd;

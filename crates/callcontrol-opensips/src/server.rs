@@ -14,14 +14,17 @@
 //! [`serve_connection`] is generic over `AsyncRead + AsyncWrite`, so tests
 //! can drive it with `tokio::io::duplex`.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest, ReadBuf};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -177,6 +180,13 @@ pub async fn serve(
         {
             continue;
         }
+        let stream = match ReadInterestStream::new(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("Cannot register a call_control connection: {e}");
+                continue;
+            }
+        };
         let (handle, config, shutdown) = (handle.clone(), config.clone(), shutdown.clone());
         let cut = cut.clone();
         tracker.spawn(async move {
@@ -229,6 +239,9 @@ where
     let mut stream = BufWriter::with_capacity(8 * 1024, stream);
     let mut decoder = Decoder::new();
     let mut out = Vec::with_capacity(256);
+    // Registered once for the connection's life, not once per read.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         while let Some(frame) = decoder.decode() {
             match frame {
@@ -304,7 +317,7 @@ where
         buf.reserve(4096);
         let n = tokio::select! {
             r = stream.read_buf(buf) => r?,
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut cancelled => return Ok(()),
         };
         if n == 0 {
             if decoder.in_request() {
@@ -314,6 +327,130 @@ where
             }
             return Ok(());
         }
+    }
+}
+
+/// A connection registered with the reactor for read readiness only, as
+/// long as its client reads its replies.
+///
+/// A reactor registration for both directions (what `tokio::net::UnixStream`
+/// does) costs a wake-up of this process every time the client reads a
+/// reply and frees socket buffer space, and of the client every time we read
+/// a request: on a busy proxy, one needless event per request on each side.
+/// A reply is a few bytes and is written straight away; only when the
+/// socket buffer is full (a client that does not read) is the connection
+/// registered for write readiness too, and it stays so.
+pub struct ReadInterestStream {
+    io: Option<AsyncFd<std::os::unix::net::UnixStream>>,
+    writable: bool,
+    /// Read into, then copied out: the caller's buffer is uninitialised
+    /// memory, and zeroing it on every read would cost more than the copy.
+    scratch: Box<[u8]>,
+}
+
+impl ReadInterestStream {
+    /// Re-registers an accepted connection for read readiness only.
+    pub fn new(stream: tokio::net::UnixStream) -> io::Result<Self> {
+        let std = stream.into_std()?;
+        std.set_nonblocking(true)?;
+        Ok(ReadInterestStream {
+            io: Some(register(std, Interest::READABLE)?),
+            writable: false,
+            scratch: vec![0; 8 * 1024].into_boxed_slice(),
+        })
+    }
+
+    fn io(&self) -> io::Result<&AsyncFd<std::os::unix::net::UnixStream>> {
+        self.io
+            .as_ref()
+            .ok_or_else(|| io::Error::other("connection lost its registration"))
+    }
+
+    /// From now on, also wait for write readiness.
+    fn register_writable(&mut self) -> io::Result<()> {
+        debug!("A call_control client is not reading its replies: waiting until it does");
+        let Some(io) = self.io.take() else {
+            return Err(io::Error::other("connection lost its registration"));
+        };
+        let std = io.into_inner();
+        self.io = Some(register(std, Interest::READABLE | Interest::WRITABLE)?);
+        self.writable = true;
+        Ok(())
+    }
+}
+
+/// Registers a connection with the reactor.
+#[allow(unsafe_code)]
+fn register(
+    stream: std::os::unix::net::UnixStream,
+    interest: Interest,
+) -> io::Result<AsyncFd<std::os::unix::net::UnixStream>> {
+    // SAFETY: the `UnixStream` owns its file descriptor, and it is neither
+    // closed nor replaced while registered: it moves into the `AsyncFd` and
+    // comes out only through `into_inner`, which deregisters it first.
+    unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(io::Error::from)
+}
+
+impl AsyncRead for ReadInterestStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(io) = this.io.as_ref() else {
+            return Poll::Ready(Err(io::Error::other("connection lost its registration")));
+        };
+        let want = buf.remaining().min(this.scratch.len());
+        let scratch = &mut this.scratch[..want];
+        loop {
+            let mut guard = ready!(io.poll_read_ready(cx))?;
+            match guard.try_io(|s| s.get_ref().read(scratch)) {
+                Ok(Ok(n)) => {
+                    // A short read drained the socket: wait for the next
+                    // event rather than find out with one more read.
+                    if n > 0 && n < want {
+                        guard.clear_ready();
+                    }
+                    buf.put_slice(&scratch[..n]);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadInterestStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if self.writable {
+                let io = self.io()?;
+                let mut guard = ready!(io.poll_write_ready(cx))?;
+                match guard.try_io(|s| s.get_ref().write(data)) {
+                    Ok(r) => return Poll::Ready(r),
+                    Err(_would_block) => continue,
+                }
+            }
+            match self.io()?.get_ref().write(data) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.register_writable()?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.io()?.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 

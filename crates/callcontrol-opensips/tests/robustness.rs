@@ -173,6 +173,43 @@ async fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// A client that sends far more requests than the socket buffers hold
+/// before it reads a reply: the server fills the socket, waits for write
+/// readiness (its connections are registered for reads only until then),
+/// and every reply arrives, in order, once the client reads.
+#[tokio::test]
+async fn a_client_that_reads_late_gets_every_reply_in_order() {
+    use tokio::io::AsyncReadExt;
+    let d = daemon().await;
+    let stream = UnixStream::connect(&d.socket).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let n = 60_000;
+    let writer = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            bytes.extend_from_slice(format!("stop\r\ncallid: late{i}\r\n\r\n").as_bytes());
+        }
+        wr.write_all(&bytes).await.unwrap();
+        wr
+    });
+    // Let the server fill the socket buffer with replies nobody reads yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = b"Not found\r\n".repeat(n);
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(20), rd.read_exact(&mut got))
+        .await
+        .expect("every reply arrives")
+        .unwrap();
+    assert!(got == expected, "replies in order, none lost");
+    drop(writer.await.unwrap());
+    // The server still serves other connections.
+    let mut other = Worker::connect(&d.socket).await.unwrap();
+    let reply = other
+        .raw(b"stop\r\ncallid: x\r\n\r\n", ReplyFraming::Line)
+        .await;
+    assert_eq!(reply.unwrap(), vec!["Not found".to_string()]);
+}
+
 #[tokio::test]
 async fn eight_workers_with_each_calls_requests_on_different_connections() {
     let d = daemon().await;
