@@ -27,8 +27,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest, ReadBuf};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use callcontrol_core::driver::Handle;
 use callcontrol_core::error::DriverError;
@@ -145,13 +145,12 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let tracker = TaskTracker::new();
+    // Connection tasks; aborted if still busy when the shutdown grace
+    // period is over (a client that does not read its replies).
+    let mut tasks = JoinSet::new();
     let limit =
         (config.max_connections > 0).then(|| Arc::new(Semaphore::new(config.max_connections)));
     let config = Arc::new(config);
-    // Cancelled when the shutdown grace period is over: drops the
-    // connections still busy (a client that does not read its replies).
-    let cut = CancellationToken::new();
     loop {
         let permit = match &limit {
             Some(sem) => tokio::select! {
@@ -188,32 +187,27 @@ pub async fn serve(
             }
         };
         let (handle, config, shutdown) = (handle.clone(), config.clone(), shutdown.clone());
-        let cut = cut.clone();
-        tracker.spawn(async move {
+        // Reap the connections that have closed.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                r = serve_connection(stream, handle, &config, shutdown) => {
-                    if let Err(e) = r {
-                        info!("call_control connection closed: {e}");
-                    }
-                }
-                _ = cut.cancelled() => {}
+            if let Err(e) = serve_connection(stream, handle, &config, shutdown).await {
+                info!("call_control connection closed: {e}");
             }
         });
     }
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         warn!(
             "Closing {} call_control connections still busy {} s after the shutdown \
              (their clients do not read the replies)",
-            tracker.len(),
+            tasks.len(),
             SHUTDOWN_GRACE.as_secs()
         );
-        cut.cancel();
-        tracker.wait().await;
+        tasks.shutdown().await;
     }
     if let Ok(addr) = listener.local_addr() {
         if let Some(path) = addr.as_pathname() {
