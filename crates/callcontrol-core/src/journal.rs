@@ -700,7 +700,10 @@ impl Segment {
         let len = i64::try_from(cap).map_err(|_| io::Error::other("journal too large"))?;
         nix::fcntl::posix_fallocate(self.file.as_raw_fd(), 0, len).map_err(io::Error::from)?;
         self.map = None;
-        self.map = Some(map_file(&self.file)?);
+        // The first reservation (1 MiB) is faulted in at once, a fraction of
+        // a millisecond; a grown one page by page as records reach it, so
+        // that growing never stalls a request.
+        self.map = Some(map_file(&self.file, cap <= FIRST_RESERVE)?);
         self.cap = cap;
         Ok(())
     }
@@ -743,12 +746,16 @@ impl Segment {
 
 /// Maps the journal file read-write and shared.
 #[allow(unsafe_code)]
-fn map_file(file: &File) -> io::Result<memmap2::MmapMut> {
+fn map_file(file: &File, populate: bool) -> io::Result<memmap2::MmapMut> {
     // SAFETY: the mapping is of a file only this process writes: it lives in
     // the daemon's runtime directory with mode 0600, the daemon holds the
     // directory's lock file for its whole life, and the file is never
     // shortened while mapped (`reset` and `reserve` drop the mapping first).
-    unsafe { memmap2::MmapOptions::new().populate().map_mut(file) }
+    let mut opts = memmap2::MmapOptions::new();
+    if populate {
+        opts.populate();
+    }
+    unsafe { opts.map_mut(file) }
 }
 
 /// Decodes records from the start of `buf`; returns them and the length of
