@@ -30,3 +30,33 @@ pub fn cycle(e: &mut Engine, now: Timestamp, req: InitRequest) {
     drop(e.take_changes());
     while e.poll_effect().is_some() {}
 }
+
+/// One call through the engine as the daemon's driver serves requests
+/// inline: before each request the due timers, after it the store changes
+/// (one `take_changes` per request) and the effects. The changes are kept
+/// until the call is over, as a store that mirrors the sessions keeps each
+/// record until it is replaced or removed.
+#[allow(dead_code)] // not every bench that includes this file uses it
+pub fn cycle_inline(e: &mut Engine, now: Timestamp, req: InitRequest) {
+    let id = req.call_id.clone();
+    let start = StartRequest {
+        call_id: id.clone(),
+        dialog_id: Some(DialogId::new(3, 4)),
+    };
+    let requests = [
+        Request::Init(req),
+        Request::Start(start),
+        Request::Stop { call_id: id },
+    ];
+    let mut kept: [Vec<StoreChange>; 3] = Default::default();
+    for ((token, request), kept) in requests.into_iter().enumerate().zip(&mut kept) {
+        if e.poll_timeout().is_some_and(|t| t <= now) {
+            e.handle_timeout(now);
+        }
+        e.handle(now, token as u64, request);
+        if e.has_changes() {
+            *kept = e.take_changes();
+        }
+        while e.poll_effect().is_some() {}
+    }
+}

@@ -7,6 +7,11 @@
 //! `CYCLES=100000 BACKGROUND=100000 valgrind --tool=callgrind target/release/deps/cycles-*`
 //! (run once with CYCLES=0 and subtract: the difference over CYCLES is the
 //! instruction count of one cycle, setup excluded).
+//!
+//! By default each request is followed by its own `take_changes`, as the
+//! daemon's driver does when it serves requests inline (`FLUSH=cycle`: one
+//! per cycle), and `info` lines are formatted into a buffer as the daemon's
+//! logger does, then discarded (`LOG=0`: no logger, nothing formatted).
 
 #[path = "common.rs"]
 mod common;
@@ -30,7 +35,31 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Formats every line into a reused buffer, as a logger that queues lines
+/// would, and drops it: the engine's cost of logging, without the I/O.
+struct FormatLogger(std::sync::Mutex<String>);
+
+impl log::Log for FormatLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        buf.clear();
+        let _ = std::fmt::Write::write_fmt(&mut *buf, *record.args());
+        std::hint::black_box(buf.as_str());
+    }
+    fn flush(&self) {}
+}
+
 fn main() {
+    if env("LOG", 1) != 0 {
+        static LOGGER: FormatLogger = FormatLogger(std::sync::Mutex::new(String::new()));
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    }
+    let inline = std::env::var("FLUSH").map_or(true, |v| v != "cycle");
     let cycles = env("CYCLES", 1_000_000);
     let background = env("BACKGROUND", 100_000);
     let mut e = Engine::new(EngineConfig {
@@ -67,14 +96,27 @@ fn main() {
         let t = std::time::Instant::now();
         for req in reqs {
             now = now.plus_millis(1);
-            common::cycle(&mut e, now, req);
+            if inline {
+                common::cycle_inline(&mut e, now, req);
+            } else {
+                common::cycle(&mut e, now, req);
+            }
         }
         engine_wall += t.elapsed();
     }
     let cpu = cpu_seconds() - cpu0;
     let wall = engine_wall.as_secs_f64();
     if cycles > 0 {
-        println!("cycles: {cycles}, sessions in progress: {background}");
+        println!(
+            "cycles: {cycles}, sessions in progress: {background}, changes taken per {}, \
+             info lines {}",
+            if inline { "request" } else { "cycle" },
+            if log::log_enabled!(log::Level::Info) {
+                "formatted"
+            } else {
+                "off"
+            }
+        );
         println!(
             "engine: {:.2} us per cycle, {:.0} engine operations/s on one core",
             wall / cycles as f64 * 1e6,
