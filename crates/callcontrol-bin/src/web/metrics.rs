@@ -67,12 +67,14 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
-    request_latency: HistogramFamily,
     rating_latency: HistogramFamily,
     rating_requests: Family<Labels, Counter>,
     mi_latency: HistogramFamily,
     mi_requests: Family<Labels, Counter>,
     protocol_errors: Family<Labels, Counter>,
+    /// The request-latency series of each of [`COMMANDS`], resolved once:
+    /// observing a request takes no label lookup.
+    command_latency: Vec<Histogram>,
 }
 
 impl Default for Metrics {
@@ -124,19 +126,24 @@ impl Metrics {
              unknown_command, bad_line, missing_key, bad_value)",
             protocol_errors.clone(),
         );
-        for c in COMMANDS {
-            // Create the series so they show up (as zero) before any traffic.
-            let _ = request_latency.get_or_create(&vec![("command", c.to_string())]);
-        }
+        // Create the series so they show up (as zero) before any traffic.
+        let command_latency = COMMANDS
+            .iter()
+            .map(|c| {
+                request_latency
+                    .get_or_create(&vec![("command", c.to_string())])
+                    .clone()
+            })
+            .collect();
         Metrics {
             inner: Arc::new(Inner {
                 registry,
-                request_latency,
                 rating_latency,
                 rating_requests,
                 mi_latency,
                 mi_requests,
                 protocol_errors,
+                command_latency,
             }),
         }
     }
@@ -152,14 +159,13 @@ impl Metrics {
 
     /// [`observe_request`](Self::observe_request) without a reply.
     pub fn observe_command(&self, command: &str, latency: Duration) {
-        let c = COMMANDS
+        let i = COMMANDS
             .iter()
-            .find(|c| c.eq_ignore_ascii_case(command.trim()))
-            .unwrap_or(&"other");
-        self.inner
-            .request_latency
-            .get_or_create(&vec![("command", c.to_string())])
-            .observe(latency.as_secs_f64());
+            .position(|c| c.eq_ignore_ascii_case(command.trim()))
+            .unwrap_or(COMMANDS.len() - 1);
+        if let Some(h) = self.inner.command_latency.get(i) {
+            h.observe(latency.as_secs_f64());
+        }
     }
 
     /// Counts one request the control socket server could not parse.
