@@ -24,12 +24,15 @@
 //! OpenSIPS worker: a blocking `send`, then `poll(POLLIN)` and `recv`. So
 //! the client's sockets are registered for read readiness only (never
 //! `EPOLLOUT`, whose wake-ups on every `recv` of the server would cost both
-//! sides), requests are written directly and built without allocating.
+//! sides), requests are written directly and built without allocating
+//! (byte for byte what `codec::write_request` writes: checked at start-up
+//! and by `cargo test -p callcontrol-opensips --example loadgen`).
 //! Worker `k` sends the `init` of its own calls, the `start` of worker
 //! `k+1`'s calls and the `stop` of worker `k+2`'s, so each call's three
 //! requests arrive on three different connections, as with OpenSIPS. A
-//! worker has at most [`WINDOW`] calls of its own in progress; one with
-//! nothing to send sleeps until a neighbour makes progress.
+//! worker sends the step of the call furthest along first, has at most
+//! [`WINDOW`] calls of its own in progress, and with nothing to send sleeps
+//! until a neighbour makes progress (no busy waiting).
 //!
 //! The echo responder is the baseline: the same decoder as the daemon,
 //! connections registered for read readiness only, direct writes, and no
