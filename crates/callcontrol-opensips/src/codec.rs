@@ -40,7 +40,7 @@ pub const MAX_LINE: usize = 8 * 1024;
 pub const MAX_LINES: usize = 64;
 
 /// Incremental request decoder for one connection. See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
     /// Bytes of `buf` already searched for a line end.
@@ -54,7 +54,26 @@ pub struct Decoder {
     /// While discarding: whether the current line has anything but whitespace.
     discard_content: bool,
     /// The command of the block being received, once its first line is in.
-    command: &'static str,
+    command: Command,
+    /// Where each line of the block ends (the offset of its `\n` in `buf`),
+    /// recorded while looking for the block's end so that the block is
+    /// parsed without scanning for line ends again.
+    ends: [usize; MAX_LINES],
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            scanned: 0,
+            line_start: 0,
+            lines: 0,
+            discarding: false,
+            discard_content: false,
+            command: Command::Unknown,
+            ends: [0; MAX_LINES],
+        }
+    }
 }
 
 impl Decoder {
@@ -98,12 +117,20 @@ impl Decoder {
             if self.discarding && !self.skip_to_empty_line() {
                 return None;
             }
-            let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) else {
+            if self.scanned == self.buf.len() {
+                // Nothing new since the last call (which found no line end
+                // and checked the line's length), or nothing at all.
+                return None;
+            }
+            let Some(pos) = find_newline(&self.buf[self.scanned..]) else {
                 self.scanned = self.buf.len();
-                if self.buf.len() - self.line_start > MAX_LINE {
+                // A trailing CR may be the start of the line end: a line of
+                // exactly MAX_LINE bytes is not too long until what follows
+                // its CR says so.
+                if trim_cr(&self.buf[self.line_start..]).len() > MAX_LINE {
                     // The line cannot become valid: answer now, drop what we
                     // have and skip to the next empty line.
-                    let command = self.command;
+                    let command = self.command.name();
                     self.start_discarding(self.buf.len(), true);
                     return Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)));
                 }
@@ -112,7 +139,7 @@ impl Decoder {
             let end = self.scanned + pos;
             let line = trim_cr(&self.buf[self.line_start..end]);
             if line.len() > MAX_LINE {
-                let command = self.command;
+                let command = self.command.name();
                 self.start_discarding(end + 1, false);
                 return Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)));
             }
@@ -122,19 +149,24 @@ impl Decoder {
                     self.consume(end + 1);
                     continue;
                 }
-                let result = parse_block(&self.buf[..self.line_start]);
+                let result = parse_lines(
+                    &self.buf[..self.line_start],
+                    &self.ends[..self.lines],
+                    self.command,
+                );
                 self.consume(end + 1);
                 return Some(result);
             }
-            self.lines += 1;
-            if self.lines == 1 {
-                self.command = command_of(line);
-            }
-            if self.lines > MAX_LINES {
-                let command = self.command;
+            if self.lines == MAX_LINES {
+                let command = self.command.name();
                 self.start_discarding(end + 1, false);
                 return Some(Err(ProtocolError::TooManyLines(MAX_LINES, command)));
             }
+            if self.lines == 0 {
+                self.command = Command::of(line);
+            }
+            self.ends[self.lines] = end;
+            self.lines += 1;
             self.line_start = end + 1;
             self.scanned = end + 1;
         }
@@ -145,7 +177,7 @@ impl Decoder {
         self.scanned = 0;
         self.line_start = 0;
         self.lines = 0;
-        self.command = "";
+        self.command = Command::Unknown;
     }
 
     fn start_discarding(&mut self, n: usize, mid_line: bool) {
@@ -174,105 +206,157 @@ impl Decoder {
     }
 }
 
-/// The command named by a first line (`""` when it is none of them).
-fn command_of(line: &[u8]) -> &'static str {
-    let word = line.trim_ascii();
-    ["init", "start", "stop", "debug", "terminate"]
-        .into_iter()
-        .find(|c| word.eq_ignore_ascii_case(c.as_bytes()))
-        .unwrap_or("")
+/// The commands, as the decoder recognises them from a block's first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// None of them (or not yet known).
+    Unknown,
+    Init,
+    Start,
+    Stop,
+    Debug,
+    Terminate,
+}
+
+impl Command {
+    /// The command named by a first line (any case, surrounding whitespace
+    /// ignored).
+    fn of(line: &[u8]) -> Command {
+        let word = line.trim_ascii();
+        let is = |name: &str| eq_key(word, name);
+        match (word.len(), word.first().map(u8::to_ascii_lowercase)) {
+            (4, Some(b'i')) if is("init") => Command::Init,
+            (5, Some(b's')) if is("start") => Command::Start,
+            (4, Some(b's')) if is("stop") => Command::Stop,
+            (5, Some(b'd')) if is("debug") => Command::Debug,
+            (9, Some(b't')) if is("terminate") => Command::Terminate,
+            _ => Command::Unknown,
+        }
+    }
+
+    /// The name in error messages (`""` for none).
+    fn name(self) -> &'static str {
+        match self {
+            Command::Unknown => "",
+            Command::Init => "init",
+            Command::Start => "start",
+            Command::Stop => "stop",
+            Command::Debug => "debug",
+            Command::Terminate => "terminate",
+        }
+    }
+}
+
+/// `word.eq_ignore_ascii_case(name)` for a lowercase `name`, trying the
+/// exact bytes first: OpenSIPS sends commands and keys in lowercase.
+#[inline]
+pub(crate) fn eq_key(word: &[u8], name: &str) -> bool {
+    word == name.as_bytes() || word.eq_ignore_ascii_case(name.as_bytes())
+}
+
+/// The first `\n` in `hay`. Request lines are short: the first 64 bytes
+/// are searched a word at a time, which costs less than setting up a
+/// vectorised search; `memchr` takes over for long lines.
+fn find_newline(hay: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const NL: u64 = u64::from_le_bytes([b'\n'; 8]);
+    let head = hay.len().min(64);
+    let mut chunks = hay[..head].chunks_exact(8);
+    let mut at = 0;
+    for chunk in chunks.by_ref() {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ NL;
+        // A byte of `w` is zero where `hay` has `\n`; the lowest flagged
+        // byte is exact (borrows only propagate upwards).
+        let zero = w.wrapping_sub(ONES) & !w & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    if let Some(i) = chunks.remainder().iter().position(|&b| b == b'\n') {
+        return Some(at + i);
+    }
+    if head == hay.len() {
+        return None;
+    }
+    memchr::memchr(b'\n', &hay[head..]).map(|i| head + i)
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// The `key: value` lines of a block (at most [`MAX_LINES`]), looked up
-/// case-insensitively; a repeated key's last value wins (as in the
-/// original's `dict`).
-pub(crate) struct Params<'a> {
-    /// The first lines, inline: a request has at most ten, so the common
-    /// case neither allocates nor initialises much.
-    items: [(&'a str, &'a str); INLINE_PARAMS],
-    len: usize,
-    /// Lines beyond `INLINE_PARAMS` (rare; bounded by `MAX_LINES`).
-    more: Vec<(&'a str, &'a str)>,
-    /// The command, for error messages.
-    pub(crate) command: &'static str,
+/// The `key: value` lines of one command's request, folded as they come: a
+/// repeated key's last value wins (as in the original's `dict`), keys are
+/// matched case-insensitively, unknown keys are ignored.
+pub(crate) trait Fields<'a>: Default {
+    /// One `key: value` line, both trimmed.
+    fn set(&mut self, key: &'a str, value: &'a str);
+    /// The request, or what is missing or wrong.
+    fn finish(self) -> Result<Request, ProtocolError>;
 }
 
-const INLINE_PARAMS: usize = 16;
-
-impl<'a> Params<'a> {
-    /// Every `key: value` in order (a repeated key: the last one counts).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
-        self.items[..self.len]
-            .iter()
-            .chain(self.more.iter())
-            .copied()
+/// Parses a block whose lines the [`Decoder`] has already found: `ends`
+/// holds the offset of each line's `\n` in `block` (at least one line, none
+/// blank; the block ends with the last one's `\n`).
+fn parse_lines(block: &[u8], ends: &[usize], command: Command) -> Result<Request, ProtocolError> {
+    if command == Command::Unknown {
+        // An error either way; the general path has the exact one.
+        return parse_block(block);
     }
-
-    fn push(&mut self, k: &'a str, v: &'a str) {
-        if self.len < INLINE_PARAMS {
-            self.items[self.len] = (k, v);
-            self.len += 1;
-        } else {
-            self.more.push((k, v));
-        }
-    }
-    /// The value of `key`, if present.
-    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
-        self.more
-            .iter()
-            .rev()
-            .chain(self.items[..self.len].iter().rev())
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| *v)
-    }
-    /// The value of a required key.
-    pub(crate) fn require(&self, key: &'static str) -> Result<&'a str, ProtocolError> {
-        self.get(key)
-            .ok_or(ProtocolError::MissingKey(key, self.command))
+    let Ok(text) = std::str::from_utf8(block) else {
+        return Err(ProtocolError::InvalidUtf8(command.name()));
+    };
+    // `\n` is ASCII, so every offset next to one is a char boundary.
+    let params = ends.windows(2).map(|w| &text[w[0] + 1..w[1]]);
+    match command {
+        Command::Init => fold::<cmd::init::InitFields>(params, "init"),
+        Command::Start => fold::<cmd::start::StartFields>(params, "start"),
+        Command::Stop => fold::<cmd::stop::StopFields>(params, "stop"),
+        Command::Debug => fold::<cmd::debug::DebugFields>(params, "debug"),
+        Command::Terminate => fold::<cmd::terminate::TerminateFields>(params, "terminate"),
+        Command::Unknown => parse_block(block),
     }
 }
 
-/// Parses one complete block (without its terminating empty line).
+/// Feeds the parameter lines of a `command` block to its [`Fields`].
+fn fold<'a, F: Fields<'a>>(
+    lines: impl Iterator<Item = &'a str>,
+    command: &'static str,
+) -> Result<Request, ProtocolError> {
+    let mut fields = F::default();
+    for line in lines {
+        // Keys are short: a plain scan beats a vectorised one here.
+        let Some(colon) = line.bytes().position(|b| b == b':') else {
+            return Err(ProtocolError::BadLine(
+                truncate(line.trim_ascii(), 64),
+                command,
+            ));
+        };
+        fields.set(line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+    }
+    fields.finish()
+}
+
+/// Parses one complete block (without its terminating empty line): any
+/// bytes, blank lines skipped, no bound on the number of lines.
 fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
     let text = std::str::from_utf8(block).map_err(|_| {
         let first = block
             .split(|&b| b == b'\n')
             .find(|l| !l.trim_ascii().is_empty());
-        ProtocolError::InvalidUtf8(command_of(first.unwrap_or_default()))
+        ProtocolError::InvalidUtf8(Command::of(first.unwrap_or_default()).name())
     })?;
-    // Byte scans rather than `str` patterns: every `init` goes through here.
     let mut lines = Lines { text, pos: 0 };
     let word = lines.next().unwrap_or("");
-    let command: &'static str = match word {
-        w if w.eq_ignore_ascii_case("init") => "init",
-        w if w.eq_ignore_ascii_case("start") => "start",
-        w if w.eq_ignore_ascii_case("stop") => "stop",
-        w if w.eq_ignore_ascii_case("debug") => "debug",
-        w if w.eq_ignore_ascii_case("terminate") => "terminate",
-        w => return Err(ProtocolError::UnknownCommand(truncate(w, 64))),
-    };
-    let mut params = Params {
-        items: [("", ""); INLINE_PARAMS],
-        len: 0,
-        more: Vec::new(),
-        command,
-    };
-    for line in lines {
-        let Some(colon) = memchr::memchr(b':', line.as_bytes()) else {
-            return Err(ProtocolError::BadLine(truncate(line, 64), command));
-        };
-        params.push(line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
-    }
-    match command {
-        "init" => cmd::init::parse(&params),
-        "start" => cmd::start::parse(&params),
-        "stop" => cmd::stop::parse(&params),
-        "debug" => cmd::debug::parse(&params),
-        _ => cmd::terminate::parse(&params),
+    match Command::of(word.as_bytes()) {
+        Command::Init => fold::<cmd::init::InitFields>(lines, "init"),
+        Command::Start => fold::<cmd::start::StartFields>(lines, "start"),
+        Command::Stop => fold::<cmd::stop::StopFields>(lines, "stop"),
+        Command::Debug => fold::<cmd::debug::DebugFields>(lines, "debug"),
+        Command::Terminate => fold::<cmd::terminate::TerminateFields>(lines, "terminate"),
+        Command::Unknown => Err(ProtocolError::UnknownCommand(truncate(word, 64))),
     }
 }
 

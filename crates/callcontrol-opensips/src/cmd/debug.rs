@@ -22,26 +22,52 @@ use callcontrol_core::session::SessionInfo;
 use callcontrol_core::types::{CallId, DialogId, SessionState, Timestamp};
 
 use super::none_or;
-use crate::codec::Params;
+use crate::codec::{eq_key, Fields};
 use crate::error::ProtocolError;
 
 /// `show` is `sessions` or `session` (any case); `session` needs `callid`.
-pub(crate) fn parse(p: &Params<'_>) -> Result<Request, ProtocolError> {
-    let show = p.require("show")?;
-    if show.eq_ignore_ascii_case("sessions") {
-        Ok(Request::List {
-            user: none_or(p.get("user")),
-        })
-    } else if show.eq_ignore_ascii_case("session") {
-        let call_id = p.require("callid")?;
-        if call_id.is_empty() {
-            return Err(ProtocolError::MissingKey("callid", "debug"));
+#[derive(Default)]
+pub(crate) struct DebugFields<'a> {
+    show: Option<&'a str>,
+    user: Option<&'a str>,
+    call_id: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> for DebugFields<'a> {
+    fn set(&mut self, key: &'a str, value: &'a str) {
+        let slot = if eq_key(key.as_bytes(), "show") {
+            &mut self.show
+        } else if eq_key(key.as_bytes(), "user") {
+            &mut self.user
+        } else if super::is_callid(key) {
+            &mut self.call_id
+        } else {
+            return;
+        };
+        *slot = Some(value);
+    }
+
+    fn finish(self) -> Result<Request, ProtocolError> {
+        let show = self
+            .show
+            .ok_or(ProtocolError::MissingKey("show", "debug"))?;
+        if show.eq_ignore_ascii_case("sessions") {
+            Ok(Request::List {
+                user: none_or(self.user),
+            })
+        } else if show.eq_ignore_ascii_case("session") {
+            let call_id = self
+                .call_id
+                .ok_or(ProtocolError::MissingKey("callid", "debug"))?;
+            if call_id.is_empty() {
+                return Err(ProtocolError::MissingKey("callid", "debug"));
+            }
+            Ok(Request::Show {
+                call_id: CallId::new(call_id),
+            })
+        } else {
+            Err(ProtocolError::BadValue("show", show.to_string(), "debug"))
         }
-        Ok(Request::Show {
-            call_id: CallId::new(call_id),
-        })
-    } else {
-        Err(ProtocolError::BadValue("show", show.to_string(), "debug"))
     }
 }
 

@@ -4,7 +4,7 @@ use callcontrol_core::request::{InitRequest, Request};
 use callcontrol_core::types::{CallId, Prepaid};
 
 use super::none_or;
-use crate::codec::Params;
+use crate::codec::{eq_key, Fields};
 use crate::error::ProtocolError;
 
 /// The original requires `callid`, `diverter`, `ruri`, `sourceip` and `from`
@@ -12,51 +12,76 @@ use crate::error::ProtocolError;
 /// value that cannot be used falls back the way the original's did:
 /// `prepaid` other than true/false is `unknown`, `call_limit` that is not a
 /// positive integer is 0 (no limit), `call_token` `None` or empty is none.
-pub(crate) fn parse(p: &Params<'_>) -> Result<Request, ProtocolError> {
-    // One pass over the lines (this runs for every call); the last of a
-    // repeated key wins, as in the original's dict.
-    let (mut call_id, mut ruri, mut from, mut source_ip, mut diverter) =
-        (None, None, None, None, None);
-    let (mut from_tag, mut prepaid, mut call_limit, mut call_token, mut app) =
-        (None, None, None, None, None);
-    for (k, v) in p.iter() {
-        let slot = match k.len() {
-            4 if k.eq_ignore_ascii_case("ruri") => &mut ruri,
-            4 if k.eq_ignore_ascii_case("from") => &mut from,
-            6 if k.eq_ignore_ascii_case("callid") => &mut call_id,
-            7 if k.eq_ignore_ascii_case("fromtag") => &mut from_tag,
-            7 if k.eq_ignore_ascii_case("prepaid") => &mut prepaid,
-            8 if k.eq_ignore_ascii_case("diverter") => &mut diverter,
-            8 if k.eq_ignore_ascii_case("sourceip") => &mut source_ip,
-            10 if k.eq_ignore_ascii_case("call_limit") => &mut call_limit,
-            10 if k.eq_ignore_ascii_case("call_token") => &mut call_token,
-            15 if k.eq_ignore_ascii_case("sip_application") => &mut app,
-            _ => continue,
+#[derive(Default)]
+pub(crate) struct InitFields<'a> {
+    call_id: Option<&'a str>,
+    ruri: Option<&'a str>,
+    from: Option<&'a str>,
+    source_ip: Option<&'a str>,
+    diverter: Option<&'a str>,
+    from_tag: Option<&'a str>,
+    prepaid: Option<&'a str>,
+    call_limit: Option<&'a str>,
+    call_token: Option<&'a str>,
+    app: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> for InitFields<'a> {
+    fn set(&mut self, k: &'a str, v: &'a str) {
+        // This runs for every line of every call: dispatch on the length
+        // and first letter, then compare once.
+        let is = |name: &str| eq_key(k.as_bytes(), name);
+        let first = k.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
+        let slot = match (k.len(), first) {
+            (4, b'r') if is("ruri") => &mut self.ruri,
+            (4, b'f') if is("from") => &mut self.from,
+            (6, b'c') if is("callid") => &mut self.call_id,
+            (7, b'f') if is("fromtag") => &mut self.from_tag,
+            (7, b'p') if is("prepaid") => &mut self.prepaid,
+            (8, b'd') if is("diverter") => &mut self.diverter,
+            (8, b's') if is("sourceip") => &mut self.source_ip,
+            (10, b'c') if is("call_limit") => &mut self.call_limit,
+            (10, b'c') if is("call_token") => &mut self.call_token,
+            (15, b's') if is("sip_application") => &mut self.app,
+            _ => return,
         };
         *slot = Some(v);
     }
-    let call_id = need(call_id, "callid")?;
-    let ruri = need(ruri, "ruri")?;
-    let from = need(from, "from")?;
-    let source_ip = need(source_ip, "sourceip")?;
-    let diverter = none_or(Some(need(diverter, "diverter")?));
-    if call_id.is_empty() {
-        return Err(ProtocolError::BadValue("callid", String::new(), "init"));
+
+    fn finish(self) -> Result<Request, ProtocolError> {
+        let call_id = need(self.call_id, "callid")?;
+        let ruri = need(self.ruri, "ruri")?;
+        let from = need(self.from, "from")?;
+        let source_ip = need(self.source_ip, "sourceip")?;
+        let diverter = none_or(Some(need(self.diverter, "diverter")?));
+        if call_id.is_empty() {
+            return Err(ProtocolError::BadValue("callid", String::new(), "init"));
+        }
+        Ok(Request::Init(InitRequest {
+            ruri: ruri.to_owned(),
+            diverter,
+            source_ip: source_ip.to_owned(),
+            call_id: CallId::new(call_id),
+            from: from.to_owned(),
+            from_tag: self.from_tag.unwrap_or("").to_owned(),
+            prepaid: self.prepaid.map_or(Prepaid::Unknown, parse_prepaid),
+            call_limit: self
+                .call_limit
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0),
+            call_token: none_or(self.call_token),
+            sip_application: none_or(self.app),
+        }))
     }
-    Ok(Request::Init(InitRequest {
-        ruri: ruri.to_string(),
-        diverter,
-        source_ip: source_ip.to_string(),
-        call_id: CallId::new(call_id),
-        from: from.to_string(),
-        from_tag: from_tag.unwrap_or("").to_string(),
-        prepaid: prepaid
-            .and_then(|v| Prepaid::parse(v).ok())
-            .unwrap_or_default(),
-        call_limit: call_limit.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0),
-        call_token: none_or(call_token),
-        sip_application: none_or(app),
-    }))
+}
+
+/// [`Prepaid::parse`] with what cannot be used as `unknown`; OpenSIPS sends
+/// `unknown` unless a `prepaid_account_flag` is configured.
+fn parse_prepaid(v: &str) -> Prepaid {
+    if v.len() == 7 && v.eq_ignore_ascii_case("unknown") {
+        return Prepaid::Unknown;
+    }
+    Prepaid::parse(v).unwrap_or_default()
 }
 
 fn need<'a>(v: Option<&'a str>, key: &'static str) -> Result<&'a str, ProtocolError> {

@@ -10,7 +10,16 @@ pub(crate) mod terminate;
 
 /// `None` (any case) or empty → `None`.
 pub(crate) fn none_or(v: Option<&str>) -> Option<String> {
+    // What OpenSIPS sends, without trimming again.
+    if v == Some("None") {
+        return None;
+    }
     v.map(str::trim)
         .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("none"))
         .map(str::to_string)
+}
+
+/// Whether a key is `callid` (any case).
+pub(crate) fn is_callid(key: &str) -> bool {
+    key.len() == 6 && crate::codec::eq_key(key.as_bytes(), "callid")
 }

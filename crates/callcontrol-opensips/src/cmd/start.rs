@@ -1,31 +1,59 @@
 //! `start`: the call was answered.
 
+use callcontrol_core::error::RequestError;
 use callcontrol_core::request::{Request, StartRequest};
 use callcontrol_core::types::{CallId, DialogId};
 
-use crate::codec::Params;
+use crate::codec::{eq_key, Fields};
 use crate::error::ProtocolError;
 
 /// `callid` is required. `dialogid` (decimal u64 or `h_entry:h_id`) is
 /// optional, and one that does not parse is logged and dropped rather than
 /// refused: refusing `start` would leave the call untimed, while without a
 /// dialog id the call can still be ended by its Call-ID.
-pub(crate) fn parse(p: &Params<'_>) -> Result<Request, ProtocolError> {
-    let call_id = p.require("callid")?;
-    let dialog_id = match p.get("dialogid") {
-        None => None,
-        Some(d) => match DialogId::parse(d) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                log::warn!("start with {e}; the call will be ended by its Call-ID ({call_id})");
-                None
-            }
-        },
-    };
-    Ok(Request::Start(StartRequest {
-        call_id: CallId::new(call_id),
-        dialog_id,
-    }))
+#[derive(Default)]
+pub(crate) struct StartFields<'a> {
+    call_id: Option<&'a str>,
+    dialog_id: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> for StartFields<'a> {
+    fn set(&mut self, key: &'a str, value: &'a str) {
+        if super::is_callid(key) {
+            self.call_id = Some(value);
+        } else if key.len() == 8 && eq_key(key.as_bytes(), "dialogid") {
+            self.dialog_id = Some(value);
+        }
+    }
+    fn finish(self) -> Result<Request, ProtocolError> {
+        let call_id = self
+            .call_id
+            .ok_or(ProtocolError::MissingKey("callid", "start"))?;
+        let dialog_id = match self.dialog_id {
+            None => None,
+            Some(d) => match parse_dialog_id(d) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    log::warn!("start with {e}; the call will be ended by its Call-ID ({call_id})");
+                    None
+                }
+            },
+        };
+        Ok(Request::Start(StartRequest {
+            call_id: CallId::new(call_id),
+            dialog_id,
+        }))
+    }
+}
+
+/// [`DialogId::parse`], with a shortcut for what OpenSIPS ≥ 2.3 sends: up to
+/// 19 decimal digits cannot overflow a u64.
+fn parse_dialog_id(s: &str) -> Result<DialogId, RequestError> {
+    if (1..=19).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+        let v = s.bytes().fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+        return Ok(DialogId::new((v >> 32) as u32, v as u32));
+    }
+    DialogId::parse(s)
 }
 
 /// `start\r\ncallid: …\r\ndialogid: <decimal u64>\r\n\r\n` (OpenSIPS ≥ 2.3).

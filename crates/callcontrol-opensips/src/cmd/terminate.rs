@@ -3,14 +3,29 @@
 use callcontrol_core::request::{Found, Request};
 use callcontrol_core::types::CallId;
 
-use crate::codec::Params;
+use crate::codec::Fields;
 use crate::error::ProtocolError;
 
 /// `callid` is required.
-pub(crate) fn parse(p: &Params<'_>) -> Result<Request, ProtocolError> {
-    Ok(Request::Terminate {
-        call_id: CallId::new(p.require("callid")?),
-    })
+#[derive(Default)]
+pub(crate) struct TerminateFields<'a> {
+    call_id: Option<&'a str>,
+}
+
+impl<'a> Fields<'a> for TerminateFields<'a> {
+    fn set(&mut self, key: &'a str, value: &'a str) {
+        if super::is_callid(key) {
+            self.call_id = Some(value);
+        }
+    }
+    fn finish(self) -> Result<Request, ProtocolError> {
+        let call_id = self
+            .call_id
+            .ok_or(ProtocolError::MissingKey("callid", "terminate"))?;
+        Ok(Request::Terminate {
+            call_id: CallId::new(call_id),
+        })
+    }
 }
 
 /// `terminate\r\ncallid: …\r\n\r\n`.
