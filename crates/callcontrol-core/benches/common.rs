@@ -4,14 +4,19 @@ use callcontrol_core::engine::Engine;
 use callcontrol_core::prelude::*;
 
 /// An `init` as OpenSIPS sends it, for call number `i` (`parties` billing
-/// parties in all).
+/// parties in all). Its strings have no spare capacity, as the codec's
+/// (copies of the parsed values) have none.
 pub fn request(i: u64, parties: u64) -> InitRequest {
+    let exact = |s: String| String::from(s.into_boxed_str());
     let mut r = InitRequest::new(
         format!("{i:08x}-4a3b-11ef-9c3d@10.0.0.1"),
-        format!("\"User {i}\" <sip:user{}@example.com>", i % parties),
+        exact(format!(
+            "\"User {i}\" <sip:user{}@example.com>",
+            i % parties
+        )),
         "sip:0031201234567@example.com",
     );
-    r.from_tag = format!("{i}SIPpTag001");
+    r.from_tag = exact(format!("{i}SIPpTag001"));
     r
 }
 

@@ -10,11 +10,13 @@
 //! `(deadline, Call-ID)`; see `docs/adr/0001-timer-structure.md`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use log::{debug, error, info, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, RatingFailurePolicy};
+use crate::error::RequestError;
 use crate::error::{RatingError, SignallingError};
 use crate::rating::{
     AccountType, Authorisation, AuthoriseRequest, DebitOutcome, DebitRequest, RatedLimit,
@@ -145,9 +147,20 @@ impl DebitState {
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    sessions: HashMap<CallId, Session>,
+    /// Shared with the store's copies ([`StoreChange::Session`]) and copied
+    /// on write: a session changed after it was handed to the store is
+    /// copied then, once, and one that is not changed again never is.
+    sessions: HashMap<CallId, Arc<Session>>,
     timers: BTreeSet<(Timestamp, CallId)>,
+    /// Tracked sessions by billing party. A party whose last session ended
+    /// keeps its (empty) entry, so that its next call finds its name without
+    /// allocating, until there are more such entries than parties with
+    /// sessions (see [`Engine::collect_parties`]).
     parties: HashMap<BillingParty, Vec<CallId>>,
+    /// Parties in `parties` without sessions.
+    empty_parties: usize,
+    /// Where an `init`'s billing party is written before it is looked up.
+    party_buf: String,
     authorising: HashMap<CallId, u64>,
     ops: HashMap<u64, AuthOp>,
     next_op: u64,
@@ -160,11 +173,13 @@ pub struct Engine {
     /// Re-ratings waiting for a release, by the release's debit sequence.
     held: BTreeMap<u64, Held>,
     effects: VecDeque<Effect>,
-    /// Debit changes, in order.
-    changes: Vec<StoreChange>,
-    /// Sessions changed (or removed) since the last `take_changes`; their
-    /// records are copied once per batch, not once per change.
-    dirty: Vec<CallId>,
+    /// Debits owed since the last `take_changes`, in order.
+    new_debits: Vec<OwedDebit>,
+    /// Debits answered since the last `take_changes`, in order.
+    debits_done: Vec<u64>,
+    /// Sessions changed (or removed) since the last `take_changes`, in
+    /// order; each is recorded once per batch, not once per change.
+    dirty: Vec<Dirty>,
     stats: EngineStats,
 }
 
@@ -176,6 +191,8 @@ impl Engine {
             sessions: HashMap::new(),
             timers: BTreeSet::new(),
             parties: HashMap::new(),
+            empty_parties: 0,
+            party_buf: String::new(),
             authorising: HashMap::new(),
             ops: HashMap::new(),
             next_op: 1,
@@ -186,7 +203,8 @@ impl Engine {
             debit_wakeup: None,
             held: BTreeMap::new(),
             effects: VecDeque::new(),
-            changes: Vec::new(),
+            new_debits: Vec::new(),
+            debits_done: Vec::new(),
             dirty: Vec::new(),
             stats: EngineStats::default(),
         }
@@ -224,12 +242,12 @@ impl Engine {
 
     /// A session, by Call-ID.
     pub fn session(&self, call_id: &str) -> Option<&Session> {
-        self.sessions.get(call_id)
+        self.sessions.get(call_id).map(|s| &**s)
     }
 
     /// Every session, in no particular order.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.values()
+        self.sessions.values().map(|s| &**s)
     }
 
     /// The next effect to perform, in order.
@@ -243,39 +261,49 @@ impl Engine {
         // Owed debits come first: if a store loses the tail of a batch, a
         // session may come back (and be debited again, which the rating
         // engine refuses as a repeat) but a debit is never lost.
-        let (mut out, dones): (Vec<_>, Vec<_>) = std::mem::take(&mut self.changes)
-            .into_iter()
-            .partition(|c| matches!(c, StoreChange::Debit(_)));
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut seen = std::collections::HashSet::new();
-        for (i, id) in dirty.iter().enumerate() {
-            // Small batches (the usual case) dedup by scanning, big ones by set.
-            let repeat = if dirty.len() <= 8 {
-                dirty[..i].contains(id)
-            } else {
-                !seen.insert(id.clone())
-            };
-            if repeat {
-                continue;
+        let mut out =
+            Vec::with_capacity(self.new_debits.len() + self.dirty.len() + self.debits_done.len());
+        out.extend(self.new_debits.drain(..).map(StoreChange::Debit));
+        let dirty = &self.dirty;
+        let record = |id: &CallId, removed: bool| match self.sessions.get(id).filter(|_| !removed) {
+            Some(s) => StoreChange::Session(Arc::clone(s)),
+            None => StoreChange::RemoveSession(id.clone()),
+        };
+        if dirty.len() <= 8 {
+            // Small batches (the usual case: one request) dedup by scanning;
+            // a session whose last mark is its removal needs no lookup.
+            for (i, d) in dirty.iter().enumerate() {
+                if dirty[..i].iter().any(|e| e.id == d.id) {
+                    continue;
+                }
+                let last = dirty[i..].iter().rfind(|e| e.id == d.id).unwrap_or(d);
+                out.push(record(&d.id, last.removed));
             }
-            let id = id.clone();
-            out.push(match self.sessions.get(&id) {
-                Some(s) => StoreChange::Session(std::sync::Arc::new(s.clone())),
-                None => StoreChange::RemoveSession(id),
-            });
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(dirty.len());
+            for d in dirty {
+                if seen.insert(&d.id) {
+                    out.push(record(&d.id, false));
+                }
+            }
         }
-        out.extend(dones);
+        self.dirty.clear();
+        out.extend(self.debits_done.drain(..).map(StoreChange::DebitDone));
         out
     }
 
     /// Whether changes are waiting to be persisted.
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty() || !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.new_debits.is_empty() || !self.debits_done.is_empty()
     }
 
     /// When [`Engine::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let timer = self.timers.first().map(|(t, _)| *t);
+        if self.debits.is_empty() && self.held.is_empty() {
+            // The usual case (no debit owed, no re-rating held): the timers.
+            return timer;
+        }
         let paused = self.debits_paused_until.filter(|_| !self.debits.is_empty());
         // While every debit is paused, single retries wait for the pause too.
         let wakeup = self
@@ -321,7 +349,7 @@ impl Engine {
         let end = query.offset.saturating_add(query.limit);
         let mut picker = Picker::new(end);
         let mut matched = 0;
-        for s in self.sessions.values() {
+        for s in self.sessions.values().map(|s| &**s) {
             let keep = query
                 .user
                 .as_deref()
@@ -360,6 +388,7 @@ impl Engine {
         let mut v: Vec<&Session> = self
             .sessions
             .values()
+            .map(|s| &**s)
             .filter(|s| user.is_none_or(|u| s.party.user_host().starts_with(u)))
             .collect();
         v.sort_by(|a, b| (a.created, &a.call_id).cmp(&(b.created, &b.call_id)));
@@ -385,12 +414,10 @@ impl Engine {
     // ---- init -------------------------------------------------------------
 
     fn init(&mut self, now: Timestamp, token: Token, req: InitRequest) {
-        let party = match BillingParty::derive(&req.from, req.diverter.as_deref()) {
-            Ok(p) => p,
-            Err(e) => {
-                error!("Refused call: {e} ({})", req.call_id);
-                return self.reply_init(token, InitReply::Error);
-            }
+        let Some((party, mut tracked)) = self.billing_party(&req) else {
+            let e = RequestError::BadFrom(req.from);
+            error!("Refused call: {e} ({})", req.call_id);
+            return self.reply_init(token, InitReply::Error);
         };
         // The Duration=0 release of a re-sent INVITE's old authorisation.
         let mut release = None;
@@ -438,6 +465,7 @@ impl Engine {
                     release = Some(self.release_now(now, &old));
                 }
             }
+            tracked = self.party_sessions(&party);
         }
         if req.prepaid.is_prepaid() && rated_request_len(&req, &party) > MAX_RATED_REQUEST {
             // The rating engine reads at most 4 KiB per request: a longer one
@@ -489,8 +517,22 @@ impl Engine {
             }
         } else {
             let limit = self.config.limit;
-            self.decide(now, token, req, party, false, limit, false);
+            self.decide(now, token, req, party, tracked, (false, limit), false);
         }
+    }
+
+    /// The billing party of an `init` (`None`: no usable From URI) and how
+    /// many tracked sessions it has. A party known to the engine costs one
+    /// lookup and no allocation: its name is shared with its sessions.
+    fn billing_party(&mut self, req: &InitRequest) -> Option<(BillingParty, usize)> {
+        let buf = &mut self.party_buf;
+        if !crate::party::write_billing_party(&req.from, req.diverter.as_deref(), buf) {
+            return None;
+        }
+        Some(match self.parties.get_key_value(buf.as_str()) {
+            Some((party, ids)) => (party.clone(), ids.len()),
+            None => (BillingParty::new(buf.as_str()), 0),
+        })
     }
 
     /// How long an `init` may wait for the rating engine.
@@ -585,7 +627,8 @@ impl Engine {
                              (fail-open policy): {e} ({})",
                             req.call_id
                         );
-                        self.decide(now, token, req, party, false, Some(limit), false)
+                        let tracked = self.party_sessions(&party);
+                        self.decide(now, token, req, party, tracked, (false, Some(limit)), false)
                     }
                 };
             }
@@ -596,10 +639,12 @@ impl Engine {
             RatedLimit::Seconds(n) => (false, Some(n.min(cap))),
             RatedLimit::Unlimited => (false, self.config.limit),
         };
-        self.decide(now, token, req, party, locked, limit, true);
+        let tracked = self.party_sessions(&party);
+        self.decide(now, token, req, party, tracked, (locked, limit), true);
     }
 
-    /// The decision of BEHAVIOUR.md `init` step 3, in its order.
+    /// The decision of BEHAVIOUR.md `init` step 3, in its order. `tracked`:
+    /// the party's tracked sessions; `(locked, limit)`: the rating.
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
@@ -607,11 +652,10 @@ impl Engine {
         token: Token,
         req: InitRequest,
         party: BillingParty,
-        locked: bool,
-        limit: Option<u64>,
+        tracked: usize,
+        (locked, limit): (bool, Option<u64>),
         authorised: bool,
     ) {
-        let tracked = self.parties.get(&party).map_or(0, Vec::len);
         let reply = if req.call_limit > 0 && tracked >= req.call_limit as usize {
             InitReply::CallLimitReached
         } else if locked {
@@ -626,8 +670,8 @@ impl Engine {
         match reply {
             InitReply::Limited => {
                 let session = Session {
-                    call_id: req.call_id.clone(),
-                    party: party.clone(),
+                    call_id: req.call_id,
+                    party,
                     ruri: req.ruri.into(),
                     from: req.from.into(),
                     from_tag: req.from_tag.into(),
@@ -647,7 +691,8 @@ impl Engine {
                 };
                 let setup = now.plus_millis(self.config.setup_timeout.as_millis() as u64);
                 debug!(
-                    "Call from {party} to {} authorised, limit {} ({})",
+                    "Call from {} to {} authorised, limit {} ({})",
+                    session.party,
                     session.ruri,
                     limit.map_or("none".to_string(), |l| format!("{l} s")),
                     session.call_id
@@ -674,14 +719,17 @@ impl Engine {
     // ---- start ------------------------------------------------------------
 
     fn start(&mut self, now: Timestamp, token: Token, req: StartRequest) {
-        let Some(s) = self.sessions.get_mut(&req.call_id) else {
+        // One lookup: the session, its timer and its record are updated
+        // through it.
+        let Some(entry) = self.sessions.get_mut(&req.call_id) else {
             debug!("start for an unknown call ({})", req.call_id);
             return self.reply(token, Reply::Start(Found::NotFound));
         };
-        if s.state != SessionState::Pending {
+        if entry.state != SessionState::Pending {
             debug!("start repeated, nothing changes ({})", req.call_id);
             return self.reply(token, Reply::Start(Found::Ok));
         }
+        let s = Arc::make_mut(entry);
         s.state = SessionState::InProgress;
         s.answered = Some(now);
         s.dialog_id = req.dialog_id.or(s.dialog_id);
@@ -690,18 +738,35 @@ impl Engine {
             None => now.plus_millis(self.config.stale_timeout.as_millis() as u64),
         };
         let prepaid = s.is_prepaid();
+        // "Call from {user} to {ruri} started for maximum {l} seconds ({id})"
+        // or "… started ({id})".
+        let (user, ruri, id) = (s.party.user_host(), &*s.ruri, s.call_id.as_str());
         match s.limit {
             Some(l) => info!(
-                "Call from {} to {} started for maximum {l} seconds ({})",
-                s.party.user_host(),
-                s.ruri,
-                s.call_id
+                "{}",
+                Line([
+                    Text("Call from "),
+                    Text(user),
+                    Text(" to "),
+                    Text(ruri),
+                    Text(" started for maximum "),
+                    Number(l),
+                    Text(" seconds ("),
+                    Text(id),
+                    Text(")"),
+                ])
             ),
             None => info!(
-                "Call from {} to {} started ({})",
-                s.party.user_host(),
-                s.ruri,
-                s.call_id
+                "{}",
+                Line([
+                    Text("Call from "),
+                    Text(user),
+                    Text(" to "),
+                    Text(ruri),
+                    Text(" started ("),
+                    Text(id),
+                    Text(")"),
+                ])
             ),
         }
         let request = prepaid.then(|| AuthoriseRequest {
@@ -713,7 +778,10 @@ impl Engine {
             application: application(s.application.as_deref()),
             connected: true,
         });
-        self.set_deadline(&req.call_id, Some(deadline));
+        if let Some(old) = s.deadline.replace(deadline) {
+            self.timers.remove(&(old, req.call_id.clone()));
+        }
+        self.timers.insert((deadline, req.call_id.clone()));
         self.persist(&req.call_id);
         if let Some(request) = request {
             let op = self.next_op;
@@ -721,7 +789,7 @@ impl Engine {
             self.ops.insert(
                 op,
                 AuthOp::Start {
-                    call_id: req.call_id.clone(),
+                    call_id: req.call_id,
                 },
             );
             let budget = self.config.rating_timeout;
@@ -758,13 +826,16 @@ impl Engine {
     fn reset_party(&mut self, now: Timestamp, party: &BillingParty, secs: u64, why: &CallId) {
         let ids: Vec<CallId> = self.parties.get(party).cloned().unwrap_or_default();
         for id in ids {
-            let Some(s) = self.sessions.get_mut(&id) else {
+            let Some(entry) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if s.state != SessionState::InProgress || !s.is_prepaid() {
+            if entry.state != SessionState::InProgress || !entry.is_prepaid() {
                 continue;
             }
-            let Some(answered) = s.answered else { continue };
+            let Some(answered) = entry.answered else {
+                continue;
+            };
+            let s = Arc::make_mut(entry);
             let deadline = now.plus_secs(secs);
             s.limit = Some(deadline.secs_since(answered));
             info!(
@@ -780,42 +851,48 @@ impl Engine {
     // ---- stop / terminate -------------------------------------------------
 
     fn stop(&mut self, now: Timestamp, token: Token, call_id: &CallId) {
-        let state = self.sessions.get(call_id).map(|s| s.state);
-        match state {
-            None => {
-                debug!("stop for an unknown call ({call_id})");
-                self.reply(token, Reply::Stop(Found::NotFound));
-            }
-            Some(SessionState::Ending | SessionState::EndFailed | SessionState::Ended) => {
+        let Some(s) = self.remove_session(call_id) else {
+            debug!("stop for an unknown call ({call_id})");
+            return self.reply(token, Reply::Stop(Found::NotFound));
+        };
+        match s.state {
+            SessionState::Ending | SessionState::EndFailed | SessionState::Ended => {
                 // The proxy confirms the end the daemon asked for. Like the
                 // original (which forgot the call at expiry) answer Not found.
-                if let Some(s) = self.remove_session(call_id) {
-                    info!(
-                        "Call from {} to {} confirmed ended by the proxy ({call_id})",
-                        s.party.user_host(),
-                        s.ruri
-                    );
-                }
+                info!(
+                    "Call from {} to {} confirmed ended by the proxy ({call_id})",
+                    s.party.user_host(),
+                    &*s.ruri
+                );
                 self.reply(token, Reply::Stop(Found::NotFound));
             }
-            Some(_) => {
-                if let Some(s) = self.remove_session(call_id) {
-                    let duration = duration_at(&s, now);
-                    match s.answered {
-                        Some(_) => info!(
-                            "Call from {} to {} was stopped after {duration} seconds ({call_id})",
-                            s.party.user_host(),
-                            s.ruri
-                        ),
-                        None => info!(
-                            "Call from {} to {} canceled by user ({call_id})",
-                            s.party.user_host(),
-                            s.ruri
-                        ),
-                    }
-                    if s.is_prepaid() {
-                        self.owe_debit(now, &s, duration);
-                    }
+            SessionState::Pending | SessionState::InProgress => {
+                let duration = duration_at(&s, now);
+                match s.answered {
+                    // "Call from {user} to {ruri} was stopped after
+                    // {duration} seconds ({call_id})"
+                    Some(_) => info!(
+                        "{}",
+                        Line([
+                            Text("Call from "),
+                            Text(s.party.user_host()),
+                            Text(" to "),
+                            Text(&s.ruri),
+                            Text(" was stopped after "),
+                            Number(duration),
+                            Text(" seconds ("),
+                            Text(call_id.as_str()),
+                            Text(")"),
+                        ])
+                    ),
+                    None => info!(
+                        "Call from {} to {} canceled by user ({call_id})",
+                        s.party.user_host(),
+                        &*s.ruri
+                    ),
+                }
+                if s.is_prepaid() {
+                    self.owe_debit(now, &s, duration);
                 }
                 self.reply(token, Reply::Stop(Found::Ok));
             }
@@ -844,12 +921,12 @@ impl Engine {
 
     /// Asks the proxy to end the dialog and owes the debit of `duration`.
     fn end_session(&mut self, now: Timestamp, call_id: &CallId, duration: u64) {
-        let Some(s) = self.sessions.get_mut(call_id) else {
+        let Some(entry) = self.sessions.get_mut(call_id) else {
             return;
         };
-        s.state = SessionState::Ending;
-        let s = s.clone();
-        if s.is_prepaid() {
+        Arc::make_mut(entry).state = SessionState::Ending;
+        if entry.is_prepaid() {
+            let s = Arc::clone(entry);
             self.owe_debit(now, &s, duration);
         }
         self.set_deadline(call_id, None);
@@ -858,7 +935,7 @@ impl Engine {
     }
 
     fn send_end(&mut self, call_id: &CallId) {
-        let Some(s) = self.sessions.get_mut(call_id) else {
+        let Some(s) = self.sessions.get_mut(call_id).map(Arc::make_mut) else {
             return;
         };
         s.state = SessionState::Ending;
@@ -900,7 +977,7 @@ impl Engine {
                     "Could not end the dialog (attempt {attempts}), retrying in {} s: {e} ({call_id})",
                     retry.as_secs()
                 );
-                if let Some(s) = self.sessions.get_mut(call_id) {
+                if let Some(s) = self.sessions.get_mut(call_id).map(Arc::make_mut) {
                     s.state = SessionState::EndFailed;
                 }
                 self.set_deadline(call_id, Some(now.plus_millis(retry.as_millis() as u64)));
@@ -941,7 +1018,7 @@ impl Engine {
                 buckets.resize(TIMER_LATENESS_BOUNDS_MS.len() + 1, 0);
             }
             buckets[bucket] += 1;
-            let Some(s) = self.sessions.get_mut(&id) else {
+            let Some(s) = self.sessions.get_mut(&id).map(Arc::make_mut) else {
                 continue;
             };
             s.deadline = None;
@@ -993,7 +1070,7 @@ impl Engine {
     }
 
     fn set_deadline(&mut self, id: &CallId, deadline: Option<Timestamp>) {
-        let Some(s) = self.sessions.get_mut(id) else {
+        let Some(s) = self.sessions.get_mut(id).map(Arc::make_mut) else {
             return;
         };
         if let Some(old) = s.deadline.take() {
@@ -1013,7 +1090,11 @@ impl Engine {
         match self.parties.entry(session.party.clone()) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 session.party = o.key().clone();
-                o.get_mut().push(id.clone());
+                let ids = o.get_mut();
+                if ids.is_empty() {
+                    self.empty_parties = self.empty_parties.saturating_sub(1);
+                }
+                ids.push(id.clone());
             }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(vec![id.clone()]);
@@ -1023,28 +1104,46 @@ impl Engine {
         if let Some(d) = deadline {
             self.timers.insert((d, id.clone()));
         }
-        self.sessions.insert(id.clone(), session);
-        self.dirty.push(id);
+        self.sessions.insert(id.clone(), Arc::new(session));
+        self.dirty.push(Dirty { id, removed: false });
     }
 
-    fn remove_session(&mut self, id: &CallId) -> Option<Session> {
+    fn remove_session(&mut self, id: &CallId) -> Option<Arc<Session>> {
         let s = self.sessions.remove(id)?;
         if let Some(d) = s.deadline {
             self.timers.remove(&(d, id.clone()));
         }
-        if let Some(v) = self.parties.get_mut(&s.party) {
-            v.retain(|c| c != id);
-            if v.is_empty() {
-                self.parties.remove(&s.party);
+        if let Some(ids) = self.parties.get_mut(&s.party) {
+            let had = !ids.is_empty();
+            ids.retain(|c| c != id);
+            if had && ids.is_empty() {
+                self.empty_parties += 1;
+                self.collect_parties();
             }
         }
-        self.dirty.push(id.clone());
+        self.dirty.push(Dirty {
+            id: id.clone(),
+            removed: true,
+        });
         Some(s)
     }
 
+    /// Forgets the parties without sessions once they outnumber those with
+    /// sessions (and are more than [`EMPTY_PARTIES_KEPT`]): memory stays
+    /// bounded by the parties in use, and the cost is amortised.
+    fn collect_parties(&mut self) {
+        if self.empty_parties > EMPTY_PARTIES_KEPT && self.empty_parties * 2 > self.parties.len() {
+            self.parties.retain(|_, ids| !ids.is_empty());
+            self.empty_parties = 0;
+        }
+    }
+
     fn persist(&mut self, id: &CallId) {
-        if self.dirty.last() != Some(id) {
-            self.dirty.push(id.clone());
+        if !self.dirty.last().is_some_and(|d| d.id == *id && !d.removed) {
+            self.dirty.push(Dirty {
+                id: id.clone(),
+                removed: false,
+            });
         }
     }
 
@@ -1093,7 +1192,7 @@ impl Engine {
             request,
             ended: now,
         };
-        self.changes.push(StoreChange::Debit(owed.clone()));
+        self.new_debits.push(owed.clone());
         self.debits.insert(seq, DebitState::new(owed));
         self.pump_debits(now);
     }
@@ -1225,7 +1324,7 @@ impl Engine {
             }
         }
         self.debits.remove(&seq);
-        self.changes.push(StoreChange::DebitDone(seq));
+        self.debits_done.push(seq);
         self.pump_debits(now);
     }
 
@@ -1301,12 +1400,13 @@ impl Engine {
     ) {
         for d in live {
             let Some(answered) = d.answered else { continue };
-            let Some(s) = self.sessions.get_mut(&d.call_id) else {
+            let Some(entry) = self.sessions.get_mut(&d.call_id) else {
                 continue;
             };
-            if s.state != SessionState::Pending {
+            if entry.state != SessionState::Pending {
                 continue;
             }
+            let s = Arc::make_mut(entry);
             s.state = SessionState::InProgress;
             s.answered = Some(answered);
             s.dialog_id = d.dialog_id.or(s.dialog_id);
@@ -1357,6 +1457,53 @@ impl Engine {
 /// the rating engine takes each read of at most 4096 bytes as one request,
 /// and rating clients may escape bytes (up to 3x).
 pub const MAX_RATED_REQUEST: usize = 1200;
+
+/// The text of a log line as pieces, written straight to the logger's
+/// buffer: the lines logged for every call skip the `Formatter` machinery
+/// (padding, integer formatting) of one argument each. Same text as the
+/// equivalent `format_args!`.
+struct Line<'a, const N: usize>([Piece<'a>; N]);
+
+enum Piece<'a> {
+    Text(&'a str),
+    Number(u64),
+}
+use Piece::{Number, Text};
+
+impl<const N: usize> std::fmt::Display for Line<'_, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for piece in &self.0 {
+            match piece {
+                Text(s) => f.write_str(s)?,
+                Number(n) => {
+                    let mut digits = [0u8; 20];
+                    let mut i = digits.len();
+                    let mut v = *n;
+                    loop {
+                        i -= 1;
+                        digits[i] = b'0' + (v % 10) as u8;
+                        v /= 10;
+                        if v == 0 {
+                            break;
+                        }
+                    }
+                    f.write_str(std::str::from_utf8(&digits[i..]).map_err(|_| std::fmt::Error)?)?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parties without sessions kept in any case (see `Engine::collect_parties`).
+const EMPTY_PARTIES_KEPT: usize = 1024;
+
+/// A session changed (or removed) since the last `take_changes`.
+#[derive(Debug)]
+struct Dirty {
+    id: CallId,
+    removed: bool,
+}
 
 /// A session ordered by `(created, call_id)`, for [`Picker`].
 struct ByAge<'a>(&'a Session);

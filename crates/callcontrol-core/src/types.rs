@@ -98,21 +98,17 @@ impl BillingParty {
     /// diverter is set (not `None`), else the From URI reduced to
     /// `sip:user@host` (no display name, port or parameters).
     pub fn derive(from: &str, diverter: Option<&str>) -> Result<BillingParty, RequestError> {
-        if let Some(d) = diverter
-            .map(str::trim)
-            .filter(|d| !d.is_empty() && *d != "None")
-        {
-            let d = d
-                .strip_prefix("sip:")
-                .or_else(|| d.strip_prefix("sips:"))
-                .unwrap_or(d);
-            return Ok(BillingParty::new(format!("sip:{d}")));
+        let mut uri = String::with_capacity(from.len() + 4);
+        if crate::party::write_billing_party(from, diverter, &mut uri) {
+            Ok(BillingParty::new(uri))
+        } else {
+            Err(RequestError::BadFrom(from.to_string()))
         }
-        let mut uri = String::with_capacity(from.len());
-        uri.push_str("sip:");
-        crate::party::write_party(from, &mut uri)
-            .map(|()| BillingParty::new(uri))
-            .ok_or_else(|| RequestError::BadFrom(from.to_string()))
+    }
+}
+impl std::borrow::Borrow<str> for BillingParty {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -1337,3 +1337,179 @@ fn the_rerating_after_a_release_gets_what_is_left_of_the_init_budget() {
     });
     assert_eq!(budget, Some(Duration::from_millis(350)));
 }
+
+// ---- the engine's own bookkeeping -------------------------------------------
+
+/// Keeps every line logged, for the tests that check a line's text.
+struct Captured(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            self.0.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURED: Captured = Captured(std::sync::Mutex::new(Vec::new()));
+
+/// The lines logged so far that end with `(call_id)`.
+fn logged(call_id: &str) -> Vec<String> {
+    if log::set_logger(&CAPTURED).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let end = format!("({call_id})");
+    let lines = CAPTURED.0.lock().unwrap();
+    lines
+        .iter()
+        .filter(|l| l.ends_with(&end))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_call_logs_its_start_and_its_stop_with_their_durations() {
+    let _ = logged("");
+    let mut h = Harness::fixed(Some(600));
+    assert_eq!(h.init_now(call_from("log-1", "Bob")), InitReply::Limited);
+    assert_eq!(h.start("log-1", None), Found::Ok);
+    h.advance_millis(12_345);
+    assert_eq!(h.stop("log-1"), Found::Ok);
+    assert_eq!(
+        logged("log-1"),
+        [
+            "Call from Bob@example.com to sip:0031201234567@example.com started for maximum \
+             600 seconds (log-1)",
+            "Call from Bob@example.com to sip:0031201234567@example.com was stopped after 12 \
+             seconds (log-1)",
+        ]
+    );
+    let mut h = Harness::new(EngineConfig {
+        limit: None,
+        ..Default::default()
+    });
+    let mut req = call("log-2");
+    req.call_limit = 5;
+    assert_eq!(h.init_now(req), InitReply::Limited);
+    assert_eq!(h.start("log-2", None), Found::Ok);
+    h.advance_secs(3_601);
+    assert_eq!(h.stop("log-2"), Found::Ok);
+    assert_eq!(
+        logged("log-2"),
+        [
+            "Call from alice@example.com to sip:0031201234567@example.com started (log-2)",
+            "Call from alice@example.com to sip:0031201234567@example.com was stopped after \
+             3601 seconds (log-2)",
+        ]
+    );
+    assert_eq!(h.init_now(call("log-3")), InitReply::NoLimit);
+    let mut h = Harness::fixed(Some(10_000_000_000));
+    assert_eq!(h.init_now(call("log-3")), InitReply::Limited);
+    assert_eq!(h.start("log-3", None), Found::Ok);
+    assert_eq!(h.stop("log-3"), Found::Ok);
+    assert_eq!(
+        logged("log-3"),
+        [
+            "Call from alice@example.com to sip:0031201234567@example.com started for maximum \
+             10000000000 seconds (log-3)",
+            "Call from alice@example.com to sip:0031201234567@example.com was stopped after 0 \
+             seconds (log-3)",
+        ]
+    );
+}
+
+#[test]
+fn the_store_keeps_each_record_as_it_was_handed_over() {
+    let mut e = Engine::new(EngineConfig {
+        limit: Some(60),
+        ..Default::default()
+    });
+    let t0 = Timestamp(1_000_000);
+    e.handle(t0, 1, Request::Init(call("r1")));
+    let after_init = e.take_changes();
+    let [StoreChange::Session(pending)] = &after_init[..] else {
+        panic!("{after_init:?}");
+    };
+    assert_eq!(pending.state, SessionState::Pending);
+    let start = StartRequest {
+        call_id: CallId::new("r1"),
+        dialog_id: None,
+    };
+    e.handle(t0.plus_secs(1), 2, Request::Start(start));
+    let after_start = e.take_changes();
+    let [StoreChange::Session(running)] = &after_start[..] else {
+        panic!("{after_start:?}");
+    };
+    // The record handed over at init did not change with the session.
+    assert_eq!(pending.state, SessionState::Pending);
+    assert_eq!(pending.answered, None);
+    assert_eq!(running.state, SessionState::InProgress);
+    assert_eq!(running.answered, Some(t0.plus_secs(1)));
+    assert_eq!(**running, *e.session("r1").unwrap());
+    assert!(!e.has_changes());
+
+    // Several changes of one session in a batch: one record, its last state.
+    e.handle(t0, 3, Request::Init(call("r2")));
+    e.handle(
+        t0,
+        4,
+        Request::Stop {
+            call_id: CallId::new("r2"),
+        },
+    );
+    e.handle(t0, 5, Request::Init(call("r2")));
+    e.handle(
+        t0,
+        6,
+        Request::Stop {
+            call_id: CallId::new("r1"),
+        },
+    );
+    let batch = e.take_changes();
+    assert_eq!(batch.len(), 2, "{batch:?}");
+    assert!(matches!(&batch[0], StoreChange::Session(s) if s.call_id.as_str() == "r2"));
+    assert_eq!(batch[1], StoreChange::RemoveSession(CallId::new("r1")));
+    e.handle(
+        t0,
+        7,
+        Request::Stop {
+            call_id: CallId::new("r2"),
+        },
+    );
+    e.handle(t0, 8, Request::Init(call("r2")));
+    e.handle(
+        t0,
+        9,
+        Request::Stop {
+            call_id: CallId::new("r2"),
+        },
+    );
+    assert_eq!(
+        e.take_changes(),
+        [StoreChange::RemoveSession(CallId::new("r2"))]
+    );
+}
+
+#[test]
+fn parties_that_come_and_go_are_counted_right() {
+    let mut h = Harness::fixed(Some(60));
+    for round in 0..3 {
+        for i in 0..3000 {
+            let mut req = call_from(&format!("p{round}-{i}"), &format!("u{i}"));
+            req.call_limit = 1;
+            assert_eq!(h.init_now(req), InitReply::Limited);
+        }
+        let mut again = call_from(&format!("p{round}-x"), "u7");
+        again.call_limit = 1;
+        assert_eq!(h.init_now(again), InitReply::CallLimitReached);
+        for i in 0..3000 {
+            assert_eq!(h.stop(&format!("p{round}-{i}")), Found::Ok);
+        }
+        let party = BillingParty::new("sip:u7@example.com");
+        assert_eq!(h.engine.party_sessions(&party), 0);
+    }
+}
