@@ -55,10 +55,10 @@ pub struct Decoder {
     discard_content: bool,
     /// The command of the block being received, once its first line is in.
     command: Command,
-    /// Where each line of the block ends (the offset of its `\n` in `buf`),
-    /// recorded while looking for the block's end so that the block is
-    /// parsed without scanning for line ends again.
-    ends: [usize; MAX_LINES],
+    /// Each line of the block as `start..end` in `buf`, without its line
+    /// end: recorded while looking for the block's end, so that the block
+    /// is parsed without scanning for line ends again.
+    spans: [(usize, usize); MAX_LINES],
 }
 
 impl Default for Decoder {
@@ -71,7 +71,7 @@ impl Default for Decoder {
             discarding: false,
             discard_content: false,
             command: Command::Unknown,
-            ends: [0; MAX_LINES],
+            spans: [(0, 0); MAX_LINES],
         }
     }
 }
@@ -117,63 +117,102 @@ impl Decoder {
             if self.discarding && !self.skip_to_empty_line() {
                 return None;
             }
-            if self.scanned == self.buf.len() {
-                // Nothing new since the last call (which found no line end
-                // and checked the line's length), or nothing at all.
-                return None;
-            }
-            let Some(pos) = find_newline(&self.buf[self.scanned..]) else {
-                self.scanned = self.buf.len();
-                // A trailing CR may be the start of the line end: a line of
-                // exactly MAX_LINE bytes is not too long until what follows
-                // its CR says so.
-                if trim_cr(&self.buf[self.line_start..]).len() > MAX_LINE {
+            return match self.scan() {
+                Scan::More => None,
+                Scan::Blank(next) => {
+                    // A blank line between requests: no reply of its own.
+                    self.consume(next);
+                    continue;
+                }
+                Scan::Block(next) => {
+                    let result = parse_lines(
+                        &self.buf[..self.line_start],
+                        &self.spans[..self.lines],
+                        self.command,
+                    );
+                    self.consume(next);
+                    Some(result)
+                }
+                Scan::LineTooLong { next, mid_line } => {
                     // The line cannot become valid: answer now, drop what we
                     // have and skip to the next empty line.
                     let command = self.command.name();
-                    self.start_discarding(self.buf.len(), true);
-                    return Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)));
+                    self.start_discarding(next, mid_line);
+                    Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)))
                 }
-                return None;
+                Scan::TooManyLines(next) => {
+                    let command = self.command.name();
+                    self.start_discarding(next, false);
+                    Some(Err(ProtocolError::TooManyLines(MAX_LINES, command)))
+                }
             };
-            let end = self.scanned + pos;
-            let line = trim_cr(&self.buf[self.line_start..end]);
-            if line.len() > MAX_LINE {
-                let command = self.command.name();
-                self.start_discarding(end + 1, false);
-                return Some(Err(ProtocolError::LineTooLong(MAX_LINE, command)));
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                if self.lines == 0 {
-                    // A blank line between requests: no reply of its own.
-                    self.consume(end + 1);
-                    continue;
-                }
-                let result = parse_lines(
-                    &self.buf[..self.line_start],
-                    &self.ends[..self.lines],
-                    self.command,
-                );
-                self.consume(end + 1);
-                return Some(result);
-            }
-            if self.lines == MAX_LINES {
-                let command = self.command.name();
-                self.start_discarding(end + 1, false);
-                return Some(Err(ProtocolError::TooManyLines(MAX_LINES, command)));
-            }
-            if self.lines == 0 {
-                self.command = Command::of(line);
-            }
-            self.ends[self.lines] = end;
-            self.lines += 1;
-            self.line_start = end + 1;
-            self.scanned = end + 1;
         }
     }
 
+    /// Reads lines up to the end of the block, the end of the input or a
+    /// bound, recording each line's span (one pass over the bytes).
+    fn scan(&mut self) -> Scan {
+        let buf = &self.buf[..];
+        let (mut scanned, mut line_start, mut lines) = (self.scanned, self.line_start, self.lines);
+        let scan = loop {
+            if scanned == buf.len() {
+                // Nothing new since the last look (which found no line end
+                // and checked the line's length), or nothing at all.
+                break Scan::More;
+            }
+            let Some(pos) = find_newline(&buf[scanned..]) else {
+                scanned = buf.len();
+                // A trailing CR may be the start of the line end: a line of
+                // exactly MAX_LINE bytes is not too long until what follows
+                // its CR says so.
+                if trim_cr(&buf[line_start..]).len() > MAX_LINE {
+                    break Scan::LineTooLong {
+                        next: buf.len(),
+                        mid_line: true,
+                    };
+                }
+                break Scan::More;
+            };
+            let end = scanned + pos;
+            let line = trim_cr(&buf[line_start..end]);
+            if line.len() > MAX_LINE {
+                break Scan::LineTooLong {
+                    next: end + 1,
+                    mid_line: false,
+                };
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                break if lines == 0 {
+                    Scan::Blank(end + 1)
+                } else {
+                    Scan::Block(end + 1)
+                };
+            }
+            if lines == MAX_LINES {
+                break Scan::TooManyLines(end + 1);
+            }
+            if lines == 0 {
+                self.command = Command::of(line);
+            }
+            self.spans[lines] = (line_start, line_start + line.len());
+            lines += 1;
+            line_start = end + 1;
+            scanned = end + 1;
+        };
+        self.scanned = scanned;
+        self.line_start = line_start;
+        self.lines = lines;
+        scan
+    }
+
     fn consume(&mut self, n: usize) {
-        self.buf.advance(n);
+        if n == self.buf.len() {
+            // The usual case (one request per read): keeps the buffer's
+            // start where it is, which costs less than moving it.
+            self.buf.clear();
+        } else {
+            self.buf.advance(n);
+        }
         self.scanned = 0;
         self.line_start = 0;
         self.lines = 0;
@@ -206,6 +245,20 @@ impl Decoder {
     }
 }
 
+/// What [`Decoder::scan`] found; `next` is where the input after it starts.
+enum Scan {
+    /// More input is needed.
+    More,
+    /// A blank line outside a block.
+    Blank(usize),
+    /// A block's terminating empty line.
+    Block(usize),
+    /// A line longer than [`MAX_LINE`] (`mid_line`: its end not yet seen).
+    LineTooLong { next: usize, mid_line: bool },
+    /// A block of more than [`MAX_LINES`] lines.
+    TooManyLines(usize),
+}
+
 /// The commands, as the decoder recognises them from a block's first line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
@@ -223,7 +276,13 @@ impl Command {
     /// ignored).
     fn of(line: &[u8]) -> Command {
         let word = line.trim_ascii();
-        let is = |name: &str| eq_key(word, name);
+        match word {
+            b"init" => return Command::Init,
+            b"start" => return Command::Start,
+            b"stop" => return Command::Stop,
+            _ => {}
+        }
+        let is = |name: &str| word.eq_ignore_ascii_case(name.as_bytes());
         match (word.len(), word.first().map(u8::to_ascii_lowercase)) {
             (4, Some(b'i')) if is("init") => Command::Init,
             (5, Some(b's')) if is("start") => Command::Start,
@@ -258,19 +317,12 @@ pub(crate) fn eq_key(word: &[u8], name: &str) -> bool {
 /// are searched a word at a time, which costs less than setting up a
 /// vectorised search; `memchr` takes over for long lines.
 fn find_newline(hay: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    const NL: u64 = u64::from_le_bytes([b'\n'; 8]);
     let head = hay.len().min(64);
     let mut chunks = hay[..head].chunks_exact(8);
     let mut at = 0;
     for chunk in chunks.by_ref() {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ NL;
-        // A byte of `w` is zero where `hay` has `\n`; the lowest flagged
-        // byte is exact (borrows only propagate upwards).
-        let zero = w.wrapping_sub(ONES) & !w & HIGH;
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        if let Some(i) = find_byte_in_word(chunk, b'\n') {
+            return Some(at + i);
         }
         at += 8;
     }
@@ -281,6 +333,31 @@ fn find_newline(hay: &[u8]) -> Option<usize> {
         return None;
     }
     memchr::memchr(b'\n', &hay[head..]).map(|i| head + i)
+}
+
+/// The first `:` in a line: keys are short, so the first 16 bytes are
+/// looked at a word at a time.
+fn find_colon(line: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    for chunk in line.chunks_exact(8).take(2) {
+        if let Some(i) = find_byte_in_word(chunk, b':') {
+            return Some(at + i);
+        }
+        at += 8;
+    }
+    line[at..].iter().position(|&b| b == b':').map(|i| at + i)
+}
+
+/// The first `byte` in an 8-byte `chunk`.
+#[inline(always)]
+fn find_byte_in_word(chunk: &[u8], byte: u8) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default()) ^ (ONES * u64::from(byte));
+    // A byte of `w` is zero where `chunk` has `byte`; the lowest flagged byte
+    // is exact (borrows only propagate upwards).
+    let zero = w.wrapping_sub(ONES) & !w & HIGH;
+    (zero != 0).then(|| (zero.trailing_zeros() / 8) as usize)
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -297,10 +374,14 @@ pub(crate) trait Fields<'a>: Default {
     fn finish(self) -> Result<Request, ProtocolError>;
 }
 
-/// Parses a block whose lines the [`Decoder`] has already found: `ends`
-/// holds the offset of each line's `\n` in `block` (at least one line, none
-/// blank; the block ends with the last one's `\n`).
-fn parse_lines(block: &[u8], ends: &[usize], command: Command) -> Result<Request, ProtocolError> {
+/// Parses a block whose lines the [`Decoder`] has already found: `spans`
+/// holds each line's `start..end` in `block` without its line end (at least
+/// one line, none blank; the block ends with the last one's `\n`).
+fn parse_lines(
+    block: &[u8],
+    spans: &[(usize, usize)],
+    command: Command,
+) -> Result<Request, ProtocolError> {
     if command == Command::Unknown {
         // An error either way; the general path has the exact one.
         return parse_block(block);
@@ -308,8 +389,8 @@ fn parse_lines(block: &[u8], ends: &[usize], command: Command) -> Result<Request
     let Ok(text) = std::str::from_utf8(block) else {
         return Err(ProtocolError::InvalidUtf8(command.name()));
     };
-    // `\n` is ASCII, so every offset next to one is a char boundary.
-    let params = ends.windows(2).map(|w| &text[w[0] + 1..w[1]]);
+    // Line ends are ASCII, so every span is on char boundaries.
+    let params = spans[1..].iter().map(|&(start, end)| &text[start..end]);
     match command {
         Command::Init => fold::<cmd::init::InitFields>(params, "init"),
         Command::Start => fold::<cmd::start::StartFields>(params, "start"),
@@ -327,8 +408,7 @@ fn fold<'a, F: Fields<'a>>(
 ) -> Result<Request, ProtocolError> {
     let mut fields = F::default();
     for line in lines {
-        // Keys are short: a plain scan beats a vectorised one here.
-        let Some(colon) = line.bytes().position(|b| b == b':') else {
+        let Some(colon) = find_colon(line.as_bytes()) else {
             return Err(ProtocolError::BadLine(
                 truncate(line.trim_ascii(), 64),
                 command,

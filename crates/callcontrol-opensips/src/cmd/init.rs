@@ -4,7 +4,7 @@ use callcontrol_core::request::{InitRequest, Request};
 use callcontrol_core::types::{CallId, Prepaid};
 
 use super::none_or;
-use crate::codec::{eq_key, Fields};
+use crate::codec::Fields;
 use crate::error::ProtocolError;
 
 /// The original requires `callid`, `diverter`, `ruri`, `sourceip` and `from`
@@ -28,22 +28,23 @@ pub(crate) struct InitFields<'a> {
 
 impl<'a> Fields<'a> for InitFields<'a> {
     fn set(&mut self, k: &'a str, v: &'a str) {
-        // This runs for every line of every call: dispatch on the length
-        // and first letter, then compare once.
-        let is = |name: &str| eq_key(k.as_bytes(), name);
-        let first = k.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
-        let slot = match (k.len(), first) {
-            (4, b'r') if is("ruri") => &mut self.ruri,
-            (4, b'f') if is("from") => &mut self.from,
-            (6, b'c') if is("callid") => &mut self.call_id,
-            (7, b'f') if is("fromtag") => &mut self.from_tag,
-            (7, b'p') if is("prepaid") => &mut self.prepaid,
-            (8, b'd') if is("diverter") => &mut self.diverter,
-            (8, b's') if is("sourceip") => &mut self.source_ip,
-            (10, b'c') if is("call_limit") => &mut self.call_limit,
-            (10, b'c') if is("call_token") => &mut self.call_token,
-            (15, b's') if is("sip_application") => &mut self.app,
-            _ => return,
+        // This runs for every line of every call: the keys as OpenSIPS
+        // sends them first, then any case.
+        let slot = match k.as_bytes() {
+            b"ruri" => &mut self.ruri,
+            b"diverter" => &mut self.diverter,
+            b"sourceip" => &mut self.source_ip,
+            b"callid" => &mut self.call_id,
+            b"from" => &mut self.from,
+            b"fromtag" => &mut self.from_tag,
+            b"prepaid" => &mut self.prepaid,
+            b"call_limit" => &mut self.call_limit,
+            b"call_token" => &mut self.call_token,
+            b"sip_application" => &mut self.app,
+            _ => match self.slot_any_case(k) {
+                Some(slot) => slot,
+                None => return,
+            },
         };
         *slot = Some(v);
     }
@@ -72,6 +73,26 @@ impl<'a> Fields<'a> for InitFields<'a> {
             call_token: none_or(self.call_token),
             sip_application: none_or(self.app),
         }))
+    }
+}
+
+impl<'a> InitFields<'a> {
+    fn slot_any_case(&mut self, k: &str) -> Option<&mut Option<&'a str>> {
+        let is = |name: &str| k.eq_ignore_ascii_case(name);
+        let first = k.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
+        Some(match (k.len(), first) {
+            (4, b'r') if is("ruri") => &mut self.ruri,
+            (4, b'f') if is("from") => &mut self.from,
+            (6, b'c') if is("callid") => &mut self.call_id,
+            (7, b'f') if is("fromtag") => &mut self.from_tag,
+            (7, b'p') if is("prepaid") => &mut self.prepaid,
+            (8, b'd') if is("diverter") => &mut self.diverter,
+            (8, b's') if is("sourceip") => &mut self.source_ip,
+            (10, b'c') if is("call_limit") => &mut self.call_limit,
+            (10, b'c') if is("call_token") => &mut self.call_token,
+            (15, b's') if is("sip_application") => &mut self.app,
+            _ => return None,
+        })
     }
 }
 
