@@ -150,7 +150,7 @@ pub struct Engine {
     /// Shared with the store's copies ([`StoreChange::Session`]) and copied
     /// on write: a session changed after it was handed to the store is
     /// copied then, once, and one that is not changed again never is.
-    sessions: HashMap<CallId, Arc<Session>>,
+    sessions: Sessions,
     timers: BTreeSet<(Timestamp, CallId)>,
     /// Tracked sessions by billing party. A party whose last session ended
     /// keeps its (empty) entry, so that its next call finds its name without
@@ -188,7 +188,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             config,
-            sessions: HashMap::new(),
+            sessions: Sessions::default(),
             timers: BTreeSet::new(),
             parties: HashMap::new(),
             empty_parties: 0,
@@ -265,10 +265,12 @@ impl Engine {
             Vec::with_capacity(self.new_debits.len() + self.dirty.len() + self.debits_done.len());
         out.extend(self.new_debits.drain(..).map(StoreChange::Debit));
         let dirty = &self.dirty;
-        let record = |id: &CallId, removed: bool| match self.sessions.get(id).filter(|_| !removed) {
-            Some(s) => StoreChange::Session(Arc::clone(s)),
-            None => StoreChange::RemoveSession(id.clone()),
-        };
+        let record =
+            |d: &Dirty, removed: bool| match self.sessions.find(d.hash, &d.id).filter(|_| !removed)
+            {
+                Some(s) => StoreChange::Session(Arc::clone(s)),
+                None => StoreChange::RemoveSession(d.id.clone()),
+            };
         if dirty.len() <= 8 {
             // Small batches (the usual case: one request) dedup by scanning;
             // a session whose last mark is its removal needs no lookup.
@@ -277,13 +279,13 @@ impl Engine {
                     continue;
                 }
                 let last = dirty[i..].iter().rfind(|e| e.id == d.id).unwrap_or(d);
-                out.push(record(&d.id, last.removed));
+                out.push(record(d, last.removed));
             }
         } else {
             let mut seen = std::collections::HashSet::with_capacity(dirty.len());
             for d in dirty {
                 if seen.insert(&d.id) {
-                    out.push(record(&d.id, false));
+                    out.push(record(d, false));
                 }
             }
         }
@@ -440,7 +442,8 @@ impl Engine {
             );
             return self.reply_init(token, reply);
         }
-        if let Some(existing) = self.sessions.get(&req.call_id) {
+        let hash = self.sessions.hash(&req.call_id);
+        if let Some(existing) = self.sessions.find(hash, &req.call_id) {
             if existing.token.as_deref() != req.call_token.as_deref() {
                 warn!("Duplicated callid with a different token ({})", req.call_id);
                 return self.reply_init(token, InitReply::DuplicatedCallId);
@@ -460,7 +463,7 @@ impl Engine {
                 "init re-sent with a new destination, rating it again ({})",
                 req.call_id
             );
-            if let Some(old) = self.remove_session(&req.call_id) {
+            if let Some(old) = self.remove_hashed(hash, &req.call_id) {
                 if old.is_prepaid() {
                     release = Some(self.release_now(now, &old));
                 }
@@ -517,7 +520,8 @@ impl Engine {
             }
         } else {
             let limit = self.config.limit;
-            self.decide(now, token, req, party, tracked, (false, limit), false);
+            let session = (hash, tracked);
+            self.decide(now, token, req, party, session, (false, limit), false);
         }
     }
 
@@ -627,8 +631,11 @@ impl Engine {
                              (fail-open policy): {e} ({})",
                             req.call_id
                         );
-                        let tracked = self.party_sessions(&party);
-                        self.decide(now, token, req, party, tracked, (false, Some(limit)), false)
+                        let session = (
+                            self.sessions.hash(&req.call_id),
+                            self.party_sessions(&party),
+                        );
+                        self.decide(now, token, req, party, session, (false, Some(limit)), false)
                     }
                 };
             }
@@ -639,12 +646,16 @@ impl Engine {
             RatedLimit::Seconds(n) => (false, Some(n.min(cap))),
             RatedLimit::Unlimited => (false, self.config.limit),
         };
-        let tracked = self.party_sessions(&party);
-        self.decide(now, token, req, party, tracked, (locked, limit), true);
+        let session = (
+            self.sessions.hash(&req.call_id),
+            self.party_sessions(&party),
+        );
+        self.decide(now, token, req, party, session, (locked, limit), true);
     }
 
-    /// The decision of BEHAVIOUR.md `init` step 3, in its order. `tracked`:
-    /// the party's tracked sessions; `(locked, limit)`: the rating.
+    /// The decision of BEHAVIOUR.md `init` step 3, in its order. `hash`: the
+    /// Call-ID's; `tracked`: the party's tracked sessions; `(locked, limit)`:
+    /// the rating.
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
@@ -652,7 +663,7 @@ impl Engine {
         token: Token,
         req: InitRequest,
         party: BillingParty,
-        tracked: usize,
+        (hash, tracked): (u64, usize),
         (locked, limit): (bool, Option<u64>),
         authorised: bool,
     ) {
@@ -697,7 +708,7 @@ impl Engine {
                     limit.map_or("none".to_string(), |l| format!("{l} s")),
                     session.call_id
                 );
-                self.insert_session(session, Some(setup));
+                self.insert_session(hash, session, Some(setup));
             }
             refused => {
                 if refused != InitReply::NoLimit {
@@ -721,7 +732,8 @@ impl Engine {
     fn start(&mut self, now: Timestamp, token: Token, req: StartRequest) {
         // One lookup: the session, its timer and its record are updated
         // through it.
-        let Some(entry) = self.sessions.get_mut(&req.call_id) else {
+        let hash = self.sessions.hash(&req.call_id);
+        let Some(entry) = self.sessions.find_mut(hash, &req.call_id) else {
             debug!("start for an unknown call ({})", req.call_id);
             return self.reply(token, Reply::Start(Found::NotFound));
         };
@@ -782,7 +794,7 @@ impl Engine {
             self.timers.remove(&(old, req.call_id.clone()));
         }
         self.timers.insert((deadline, req.call_id.clone()));
-        self.persist(&req.call_id);
+        self.persist_hashed(hash, &req.call_id);
         if let Some(request) = request {
             let op = self.next_op;
             self.next_op += 1;
@@ -851,7 +863,7 @@ impl Engine {
     // ---- stop / terminate -------------------------------------------------
 
     fn stop(&mut self, now: Timestamp, token: Token, call_id: &CallId) {
-        let Some(s) = self.remove_session(call_id) else {
+        let Some(s) = self.remove_hashed(self.sessions.hash(call_id), call_id) else {
             debug!("stop for an unknown call ({call_id})");
             return self.reply(token, Reply::Stop(Found::NotFound));
         };
@@ -1084,7 +1096,7 @@ impl Engine {
 
     // ---- sessions ---------------------------------------------------------
 
-    fn insert_session(&mut self, mut session: Session, deadline: Option<Timestamp>) {
+    fn insert_session(&mut self, hash: u64, mut session: Session, deadline: Option<Timestamp>) {
         let id = session.call_id.clone();
         // One allocation of the party's name, shared by all its sessions.
         match self.parties.entry(session.party.clone()) {
@@ -1104,12 +1116,21 @@ impl Engine {
         if let Some(d) = deadline {
             self.timers.insert((d, id.clone()));
         }
-        self.sessions.insert(id.clone(), Arc::new(session));
-        self.dirty.push(Dirty { id, removed: false });
+        self.sessions.insert(hash, Arc::new(session));
+        self.dirty.push(Dirty {
+            id,
+            hash,
+            removed: false,
+        });
     }
 
     fn remove_session(&mut self, id: &CallId) -> Option<Arc<Session>> {
-        let s = self.sessions.remove(id)?;
+        self.remove_hashed(self.sessions.hash(id), id)
+    }
+
+    /// [`Engine::remove_session`] with the Call-ID's hash at hand.
+    fn remove_hashed(&mut self, hash: u64, id: &CallId) -> Option<Arc<Session>> {
+        let s = self.sessions.remove(hash, id)?;
         if let Some(d) = s.deadline {
             self.timers.remove(&(d, id.clone()));
         }
@@ -1123,6 +1144,7 @@ impl Engine {
         }
         self.dirty.push(Dirty {
             id: id.clone(),
+            hash,
             removed: true,
         });
         Some(s)
@@ -1139,9 +1161,15 @@ impl Engine {
     }
 
     fn persist(&mut self, id: &CallId) {
+        self.persist_hashed(self.sessions.hash(id), id);
+    }
+
+    /// [`Engine::persist`] with the Call-ID's hash at hand.
+    fn persist_hashed(&mut self, hash: u64, id: &CallId) {
         if !self.dirty.last().is_some_and(|d| d.id == *id && !d.removed) {
             self.dirty.push(Dirty {
                 id: id.clone(),
+                hash,
                 removed: false,
             });
         }
@@ -1356,7 +1384,8 @@ impl Engine {
                 s.party.user_host(),
                 s.call_id
             );
-            self.insert_session(s, deadline);
+            let hash = self.sessions.hash(&s.call_id);
+            self.insert_session(hash, s, deadline);
         }
         for owed in snapshot.debits {
             self.next_debit = self.next_debit.max(owed.seq + 1);
@@ -1502,7 +1531,78 @@ const EMPTY_PARTIES_KEPT: usize = 1024;
 #[derive(Debug)]
 struct Dirty {
     id: CallId,
+    /// The Call-ID's hash in [`Sessions`].
+    hash: u64,
     removed: bool,
+}
+
+/// The sessions by Call-ID. The engine hashes a request's Call-ID once
+/// (SipHash with random keys, as `HashMap` does: Call-IDs are chosen by
+/// callers) and reuses the hash for every lookup the request makes and for
+/// the store record of the batch.
+#[derive(Debug, Default)]
+struct Sessions {
+    table: hashbrown::HashTable<Arc<Session>>,
+    keys: std::hash::RandomState,
+}
+
+impl Sessions {
+    fn hash<Q: std::borrow::Borrow<str> + ?Sized>(&self, id: &Q) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, id.borrow())
+    }
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+    fn values(&self) -> hashbrown::hash_table::Iter<'_, Arc<Session>> {
+        self.table.iter()
+    }
+    fn find<Q: std::borrow::Borrow<str> + ?Sized>(
+        &self,
+        hash: u64,
+        id: &Q,
+    ) -> Option<&Arc<Session>> {
+        let id = id.borrow();
+        self.table.find(hash, |s| s.call_id.as_str() == id)
+    }
+    fn find_mut<Q: std::borrow::Borrow<str> + ?Sized>(
+        &mut self,
+        hash: u64,
+        id: &Q,
+    ) -> Option<&mut Arc<Session>> {
+        let id = id.borrow();
+        self.table.find_mut(hash, |s| s.call_id.as_str() == id)
+    }
+    fn get<Q: std::borrow::Borrow<str> + ?Sized>(&self, id: &Q) -> Option<&Arc<Session>> {
+        self.find(self.hash(id), id)
+    }
+    fn get_mut<Q: std::borrow::Borrow<str> + ?Sized>(
+        &mut self,
+        id: &Q,
+    ) -> Option<&mut Arc<Session>> {
+        self.find_mut(self.hash(id), id)
+    }
+    /// Inserts (or replaces) the session whose Call-ID hashes to `hash`.
+    fn insert(&mut self, hash: u64, session: Arc<Session>) {
+        let keys = &self.keys;
+        let entry = self.table.entry(
+            hash,
+            |s| s.call_id == session.call_id,
+            |s| std::hash::BuildHasher::hash_one(keys, s.call_id.as_str()),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = session,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(session);
+            }
+        }
+    }
+    fn remove(&mut self, hash: u64, id: &CallId) -> Option<Arc<Session>> {
+        let entry = self.table.find_entry(hash, |s| s.call_id == *id).ok()?;
+        Some(entry.remove().0)
+    }
 }
 
 /// A session ordered by `(created, call_id)`, for [`Picker`].
