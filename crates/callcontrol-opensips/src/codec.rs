@@ -808,6 +808,35 @@ mod tests {
     }
 
     #[test]
+    fn word_at_a_time_searches_agree_with_a_plain_scan() {
+        let plain = |h: &[u8], b: u8| h.iter().position(|&x| x == b);
+        let mut hay = Vec::new();
+        for len in 0..200usize {
+            for at in [
+                None,
+                Some(0),
+                Some(len / 3),
+                Some(len / 2),
+                Some(len.saturating_sub(1)),
+            ] {
+                hay.clear();
+                hay.extend((0..len).map(|i| [b'a', 0x80, 0x0b, 0xff, b'9'][i % 5]));
+                if let Some(at) = at.filter(|&a| a < len) {
+                    hay[at] = b'\n';
+                    hay[len - 1 - at] = b':';
+                }
+                assert_eq!(find_newline(&hay), plain(&hay, b'\n'), "{hay:?}");
+                assert_eq!(find_colon(&hay), plain(&hay, b':'), "{hay:?}");
+            }
+        }
+        // Several matches: the first one counts.
+        assert_eq!(find_newline(b"abcdefg\n\n"), Some(7));
+        assert_eq!(find_newline(b"\n\n"), Some(0));
+        assert_eq!(find_colon(b"a::b"), Some(1));
+        assert_eq!(find_colon(b"0123456789abcdef:"), Some(16));
+    }
+
+    #[test]
     fn decodes_the_observed_init() {
         assert_eq!(decode_all(INIT), vec![Ok(Request::Init(opensips_init()))]);
     }

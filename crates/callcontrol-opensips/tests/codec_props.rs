@@ -269,3 +269,137 @@ fn dump_golden() {
     }
     std::fs::write(path, text).unwrap();
 }
+
+/// The decoder parses from the line spans it records while framing;
+/// `parse_request` is the general path over any bytes. They must agree on
+/// every block of the corpus, however the input is split.
+#[test]
+fn framed_parsing_agrees_with_the_general_parser_however_split() {
+    use callcontrol_opensips::codec::parse_request;
+    for (n, input) in corpus(0x2545_f491_4f6c_dd1d, 3000).into_iter().enumerate() {
+        let (whole, _) = decode_in_chunks(&input, &[]);
+        let cuts: Vec<usize> = (0..6).map(|i| n * 7919 + i * 104_729).collect();
+        let (split, _) = decode_in_chunks(&input, &cuts);
+        assert_eq!(whole, split, "input {:?}", String::from_utf8_lossy(&input));
+        let (bytewise, _) = decode_in_chunks(&input, &(0..input.len()).collect::<Vec<_>>());
+        assert_eq!(
+            whole,
+            bytewise,
+            "input {:?}",
+            String::from_utf8_lossy(&input)
+        );
+        // Each block on its own, by the general parser.
+        let mut blocks = Vec::new();
+        let mut block: Vec<&[u8]> = Vec::new();
+        for line in input.split_inclusive(|&b| b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                if !block.is_empty() {
+                    blocks.push(block.concat());
+                    block.clear();
+                }
+            } else {
+                block.push(line);
+            }
+        }
+        let general: Vec<_> = blocks.iter().map(|b| parse_request(b)).collect();
+        assert_eq!(
+            whole,
+            general,
+            "input {:?}",
+            String::from_utf8_lossy(&input)
+        );
+    }
+}
+
+fn decode_one(input: &[u8]) -> Vec<Result<Request, ProtocolError>> {
+    decode_in_chunks(input, &[]).0
+}
+
+fn stop(call_id: &str) -> Result<Request, ProtocolError> {
+    Ok(Request::Stop {
+        call_id: call_id.into(),
+    })
+}
+
+#[test]
+fn line_ends_separators_and_case() {
+    for input in [
+        &b"stop\r\ncallid: c\r\n\r\n"[..],
+        b"stop\ncallid: c\n\n",
+        b"stop\r\ncallid:c\r\n\n",
+        b"STOP\r\nCALLID:   c \t\r\n \r\n",
+        b"\r\n\n  \r\nsToP  \n  CallId : c\r\n\t\n",
+        b"stop\r\ncallid: x\r\nfoo: bar\r\ncallid: c\r\n\r\n",
+    ] {
+        assert_eq!(
+            decode_one(input),
+            vec![stop("c")],
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // The last of a repeated key wins, in init too.
+    let mut init = encode_request(&Request::Init(opensips_init("a", "u")));
+    init.truncate(init.len() - 2);
+    init.extend_from_slice(b"CallID:b\r\nruri: sip:x@y\r\n\r\n");
+    let Ok(Request::Init(i)) = &decode_one(&init)[0] else {
+        panic!()
+    };
+    assert_eq!(i.call_id.as_str(), "b");
+    assert_eq!(i.ruri, "sip:x@y");
+}
+
+#[test]
+fn a_line_of_exactly_max_line_is_accepted_however_split() {
+    for end in [&b"\r\n"[..], b"\n"] {
+        let mut input = b"stop\r\ncallid: ".to_vec();
+        input.resize(6 + MAX_LINE, b'c');
+        input.extend_from_slice(end);
+        input.extend_from_slice(b"\r\n");
+        let expected = stop(&"c".repeat(MAX_LINE - 8));
+        for cut in input.len() - 5..input.len() {
+            assert_eq!(decode_in_chunks(&input, &[cut]).0, vec![expected.clone()]);
+        }
+        // One byte more is too long, wherever the input is split.
+        let mut long = input.clone();
+        long.insert(10, b'c');
+        for cut in [0, 10, long.len() - 4, long.len() - 3, long.len() - 2] {
+            assert_eq!(
+                decode_in_chunks(&long, &[cut]).0,
+                vec![Err(ProtocolError::LineTooLong(MAX_LINE, "stop"))],
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_line_bound_counts_non_blank_lines() {
+    let block = |lines: usize| {
+        let mut b = b"stop\r\ncallid: c\r\n".to_vec();
+        for i in 2..lines {
+            b.extend_from_slice(format!("x{i}: y\r\n").as_bytes());
+        }
+        b.extend_from_slice(b"\r\n");
+        b
+    };
+    assert_eq!(decode_one(&block(MAX_LINES)), vec![stop("c")]);
+    assert_eq!(
+        decode_one(&block(MAX_LINES + 1)),
+        vec![Err(ProtocolError::TooManyLines(MAX_LINES, "stop"))]
+    );
+}
+
+#[test]
+fn invalid_utf8_is_an_error_reply_and_the_connection_goes_on() {
+    let out = decode_one(b"init\r\nruri: \xc3\x28\r\n\r\nstop\r\ncallid: \xe2\x82\r\n\r\nstop\r\ncallid: caf\xc3\xa9\r\n\r\n");
+    assert_eq!(
+        out,
+        vec![
+            Err(ProtocolError::InvalidUtf8("init")),
+            Err(ProtocolError::InvalidUtf8("stop")),
+            stop("café"),
+        ]
+    );
+    assert_eq!(out[0].as_ref().unwrap_err().reply_bytes(), b"Error\r\n");
+}

@@ -49,8 +49,15 @@ impl<'a> Fields<'a> for StartFields<'a> {
 /// [`DialogId::parse`], with a shortcut for what OpenSIPS ≥ 2.3 sends: up to
 /// 19 decimal digits cannot overflow a u64.
 fn parse_dialog_id(s: &str) -> Result<DialogId, RequestError> {
-    if (1..=19).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
-        let v = s.bytes().fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+    if (1..=19).contains(&s.len()) {
+        let mut v = 0u64;
+        for b in s.bytes() {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return DialogId::parse(s);
+            }
+            v = v * 10 + u64::from(digit);
+        }
         return Ok(DialogId::new((v >> 32) as u32, v as u32));
     }
     DialogId::parse(s)
