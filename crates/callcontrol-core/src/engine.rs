@@ -161,6 +161,8 @@ pub struct Engine {
     empty_parties: usize,
     /// Where an `init`'s billing party is written before it is looked up.
     party_buf: String,
+    /// Where the lines logged for every call are composed.
+    log_buf: String,
     authorising: HashMap<CallId, u64>,
     ops: HashMap<u64, AuthOp>,
     next_op: u64,
@@ -193,6 +195,7 @@ impl Engine {
             parties: HashMap::new(),
             empty_parties: 0,
             party_buf: String::new(),
+            log_buf: String::new(),
             authorising: HashMap::new(),
             ops: HashMap::new(),
             next_op: 1,
@@ -753,32 +756,39 @@ impl Engine {
         // "Call from {user} to {ruri} started for maximum {l} seconds ({id})"
         // or "… started ({id})".
         let (user, ruri, id) = (s.party.user_host(), &*s.ruri, s.call_id.as_str());
+        let buf = &mut self.log_buf;
         match s.limit {
             Some(l) => info!(
                 "{}",
-                Line([
-                    Text("Call from "),
-                    Text(user),
-                    Text(" to "),
-                    Text(ruri),
-                    Text(" started for maximum "),
-                    Number(l),
-                    Text(" seconds ("),
-                    Text(id),
-                    Text(")"),
-                ])
+                compose(
+                    buf,
+                    &[
+                        Text("Call from "),
+                        Text(user),
+                        Text(" to "),
+                        Text(ruri),
+                        Text(" started for maximum "),
+                        Number(l),
+                        Text(" seconds ("),
+                        Text(id),
+                        Text(")"),
+                    ]
+                )
             ),
             None => info!(
                 "{}",
-                Line([
-                    Text("Call from "),
-                    Text(user),
-                    Text(" to "),
-                    Text(ruri),
-                    Text(" started ("),
-                    Text(id),
-                    Text(")"),
-                ])
+                compose(
+                    buf,
+                    &[
+                        Text("Call from "),
+                        Text(user),
+                        Text(" to "),
+                        Text(ruri),
+                        Text(" started ("),
+                        Text(id),
+                        Text(")"),
+                    ]
+                )
             ),
         }
         let request = prepaid.then(|| AuthoriseRequest {
@@ -885,17 +895,20 @@ impl Engine {
                     // {duration} seconds ({call_id})"
                     Some(_) => info!(
                         "{}",
-                        Line([
-                            Text("Call from "),
-                            Text(s.party.user_host()),
-                            Text(" to "),
-                            Text(&s.ruri),
-                            Text(" was stopped after "),
-                            Number(duration),
-                            Text(" seconds ("),
-                            Text(call_id.as_str()),
-                            Text(")"),
-                        ])
+                        compose(
+                            &mut self.log_buf,
+                            &[
+                                Text("Call from "),
+                                Text(s.party.user_host()),
+                                Text(" to "),
+                                Text(&s.ruri),
+                                Text(" was stopped after "),
+                                Number(duration),
+                                Text(" seconds ("),
+                                Text(call_id.as_str()),
+                                Text(")"),
+                            ]
+                        )
                     ),
                     None => info!(
                         "Call from {} to {} canceled by user ({call_id})",
@@ -1487,41 +1500,43 @@ impl Engine {
 /// and rating clients may escape bytes (up to 3x).
 pub const MAX_RATED_REQUEST: usize = 1200;
 
-/// The text of a log line as pieces, written straight to the logger's
-/// buffer: the lines logged for every call skip the `Formatter` machinery
-/// (padding, integer formatting) of one argument each. Same text as the
-/// equivalent `format_args!`.
-struct Line<'a, const N: usize>([Piece<'a>; N]);
-
+/// A piece of a log line for [`compose`].
 enum Piece<'a> {
     Text(&'a str),
     Number(u64),
 }
 use Piece::{Number, Text};
 
-impl<const N: usize> std::fmt::Display for Line<'_, N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for piece in &self.0 {
-            match piece {
-                Text(s) => f.write_str(s)?,
-                Number(n) => {
-                    let mut digits = [0u8; 20];
-                    let mut i = digits.len();
-                    let mut v = *n;
-                    loop {
-                        i -= 1;
-                        digits[i] = b'0' + (v % 10) as u8;
-                        v /= 10;
-                        if v == 0 {
-                            break;
-                        }
+/// Writes a log line into `buf` (cleared first) and returns it: the lines
+/// logged for every call are handed to the logger as one string, without
+/// the `Formatter` machinery (padding, integer formatting) of one argument
+/// each. Same text as the equivalent `format_args!`. Call it only where the
+/// line is logged (as an argument of `info!`, which evaluates it only when
+/// the level is enabled).
+fn compose<'b>(buf: &'b mut String, pieces: &[Piece<'_>]) -> &'b str {
+    buf.clear();
+    for piece in pieces {
+        match piece {
+            Text(s) => buf.push_str(s),
+            Number(n) => {
+                let mut digits = [0u8; 20];
+                let mut i = digits.len();
+                let mut v = *n;
+                loop {
+                    i -= 1;
+                    digits[i] = b'0' + (v % 10) as u8;
+                    v /= 10;
+                    if v == 0 {
+                        break;
                     }
-                    f.write_str(std::str::from_utf8(&digits[i..]).map_err(|_| std::fmt::Error)?)?
+                }
+                for &d in &digits[i..] {
+                    buf.push(char::from(d));
                 }
             }
         }
-        Ok(())
     }
+    buf
 }
 
 /// Parties without sessions kept in any case (see `Engine::collect_parties`).
