@@ -7,7 +7,11 @@
 //! answer for one session arrives as an event while other sessions go on.
 //!
 //! All timers of all sessions live in one ordered set of
-//! `(deadline, Call-ID)`; see `docs/adr/0001-timer-structure.md`.
+//! `(deadline, Call-ID)`; see `docs/adr/0001-timer-structure.md`. A session's
+//! entry may come before its deadline when the deadline moved later (the
+//! setup timeout of an answered call): it is moved when it comes due (see
+//! `arm`), so [`Engine::poll_timeout`] may name a time at which
+//! [`Engine::handle_timeout`] has nothing to do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -736,15 +740,15 @@ impl Engine {
         // One lookup: the session, its timer and its record are updated
         // through it.
         let hash = self.sessions.hash(&req.call_id);
-        let Some(entry) = self.sessions.find_mut(hash, &req.call_id) else {
+        let Some(slot) = self.sessions.find_slot(hash, &req.call_id) else {
             debug!("start for an unknown call ({})", req.call_id);
             return self.reply(token, Reply::Start(Found::NotFound));
         };
-        if entry.state != SessionState::Pending {
+        if slot.s.state != SessionState::Pending {
             debug!("start repeated, nothing changes ({})", req.call_id);
             return self.reply(token, Reply::Start(Found::Ok));
         }
-        let s = Arc::make_mut(entry);
+        let s = Arc::make_mut(&mut slot.s);
         s.state = SessionState::InProgress;
         s.answered = Some(now);
         s.dialog_id = req.dialog_id.or(s.dialog_id);
@@ -800,10 +804,13 @@ impl Engine {
             application: application(s.application.as_deref()),
             connected: true,
         });
-        if let Some(old) = s.deadline.replace(deadline) {
-            self.timers.remove(&(old, req.call_id.clone()));
-        }
-        self.timers.insert((deadline, req.call_id.clone()));
+        s.deadline = Some(deadline);
+        arm(
+            &mut self.timers,
+            &mut slot.armed,
+            &req.call_id,
+            Some(deadline),
+        );
         self.persist_hashed(hash, &req.call_id);
         if let Some(request) = request {
             let op = self.next_op;
@@ -1031,6 +1038,20 @@ impl Engine {
                 break;
             }
             self.timers.pop_first();
+            let Some(slot) = self.sessions.slot(&id) else {
+                continue;
+            };
+            slot.armed = None;
+            match slot.s.deadline {
+                // Armed early: the deadline moved later since. Moved there.
+                Some(d) if d > due => {
+                    self.timers.insert((d, id));
+                    slot.armed = Some(d);
+                    continue;
+                }
+                Some(_) => {}
+                None => continue,
+            }
             self.stats.timers_fired += 1;
             let late = now.millis_since(due);
             self.stats.timer_lateness_ms += late;
@@ -1095,16 +1116,11 @@ impl Engine {
     }
 
     fn set_deadline(&mut self, id: &CallId, deadline: Option<Timestamp>) {
-        let Some(s) = self.sessions.get_mut(id).map(Arc::make_mut) else {
+        let Some(slot) = self.sessions.slot(id) else {
             return;
         };
-        if let Some(old) = s.deadline.take() {
-            self.timers.remove(&(old, id.clone()));
-        }
-        s.deadline = deadline;
-        if let Some(d) = deadline {
-            self.timers.insert((d, id.clone()));
-        }
+        Arc::make_mut(&mut slot.s).deadline = deadline;
+        arm(&mut self.timers, &mut slot.armed, id, deadline);
     }
 
     // ---- sessions ---------------------------------------------------------
@@ -1129,7 +1145,11 @@ impl Engine {
         if let Some(d) = deadline {
             self.timers.insert((d, id.clone()));
         }
-        self.sessions.insert(hash, Arc::new(session));
+        let slot = Slot {
+            s: Arc::new(session),
+            armed: deadline,
+        };
+        self.sessions.insert(hash, slot);
         self.dirty.push(Dirty {
             id,
             hash,
@@ -1143,9 +1163,9 @@ impl Engine {
 
     /// [`Engine::remove_session`] with the Call-ID's hash at hand.
     fn remove_hashed(&mut self, hash: u64, id: &CallId) -> Option<Arc<Session>> {
-        let s = self.sessions.remove(hash, id)?;
-        if let Some(d) = s.deadline {
-            self.timers.remove(&(d, id.clone()));
+        let Slot { s, armed } = self.sessions.remove(hash, id)?;
+        if let Some(a) = armed {
+            self.timers.remove(&(a, id.clone()));
         }
         if let Some(ids) = self.parties.get_mut(&s.party) {
             let had = !ids.is_empty();
@@ -1500,6 +1520,31 @@ impl Engine {
 /// and rating clients may escape bytes (up to 3x).
 pub const MAX_RATED_REQUEST: usize = 1200;
 
+/// Keeps `id`'s entry in the timer set at or before `deadline` (none when
+/// `None`). A deadline that moves later leaves the entry where it is: when
+/// it comes due, `handle_timeout` moves it to the deadline. So a call
+/// answered before its setup timeout, then stopped, costs one insertion and
+/// one removal, not two of each.
+fn arm(
+    timers: &mut BTreeSet<(Timestamp, CallId)>,
+    armed: &mut Option<Timestamp>,
+    id: &CallId,
+    deadline: Option<Timestamp>,
+) {
+    match (*armed, deadline) {
+        (Some(a), Some(d)) if a <= d => {}
+        (old, new) => {
+            if let Some(a) = old {
+                timers.remove(&(a, id.clone()));
+            }
+            if let Some(d) = new {
+                timers.insert((d, id.clone()));
+            }
+            *armed = new;
+        }
+    }
+}
+
 /// A piece of a log line for [`compose`].
 enum Piece<'a> {
     Text(&'a str),
@@ -1557,8 +1602,18 @@ struct Dirty {
 /// the store record of the batch.
 #[derive(Debug, Default)]
 struct Sessions {
-    table: hashbrown::HashTable<Arc<Session>>,
+    table: hashbrown::HashTable<Slot>,
     keys: std::hash::RandomState,
+}
+
+/// A session and its entry in the timer set.
+#[derive(Debug)]
+struct Slot {
+    s: Arc<Session>,
+    /// Where the session's entry in `Engine::timers` is: at its deadline, or
+    /// before it when the deadline moved later since (the entry is moved
+    /// when it comes due, see `Engine::arm`). `None`: no entry.
+    armed: Option<Timestamp>,
 }
 
 impl Sessions {
@@ -1571,8 +1626,8 @@ impl Sessions {
     fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
-    fn values(&self) -> hashbrown::hash_table::Iter<'_, Arc<Session>> {
-        self.table.iter()
+    fn values(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.table.iter().map(|slot| &slot.s)
     }
     fn find<Q: std::borrow::Borrow<str> + ?Sized>(
         &self,
@@ -1580,15 +1635,26 @@ impl Sessions {
         id: &Q,
     ) -> Option<&Arc<Session>> {
         let id = id.borrow();
-        self.table.find(hash, |s| s.call_id.as_str() == id)
+        let slot = self
+            .table
+            .find(hash, |slot| slot.s.call_id.as_str() == id)?;
+        Some(&slot.s)
+    }
+    fn find_slot<Q: std::borrow::Borrow<str> + ?Sized>(
+        &mut self,
+        hash: u64,
+        id: &Q,
+    ) -> Option<&mut Slot> {
+        let id = id.borrow();
+        self.table
+            .find_mut(hash, |slot| slot.s.call_id.as_str() == id)
     }
     fn find_mut<Q: std::borrow::Borrow<str> + ?Sized>(
         &mut self,
         hash: u64,
         id: &Q,
     ) -> Option<&mut Arc<Session>> {
-        let id = id.borrow();
-        self.table.find_mut(hash, |s| s.call_id.as_str() == id)
+        Some(&mut self.find_slot(hash, id)?.s)
     }
     fn get<Q: std::borrow::Borrow<str> + ?Sized>(&self, id: &Q) -> Option<&Arc<Session>> {
         self.find(self.hash(id), id)
@@ -1599,23 +1665,26 @@ impl Sessions {
     ) -> Option<&mut Arc<Session>> {
         self.find_mut(self.hash(id), id)
     }
+    fn slot<Q: std::borrow::Borrow<str> + ?Sized>(&mut self, id: &Q) -> Option<&mut Slot> {
+        self.find_slot(self.hash(id), id)
+    }
     /// Inserts (or replaces) the session whose Call-ID hashes to `hash`.
-    fn insert(&mut self, hash: u64, session: Arc<Session>) {
+    fn insert(&mut self, hash: u64, slot: Slot) {
         let keys = &self.keys;
         let entry = self.table.entry(
             hash,
-            |s| s.call_id == session.call_id,
-            |s| std::hash::BuildHasher::hash_one(keys, s.call_id.as_str()),
+            |e| e.s.call_id == slot.s.call_id,
+            |e| std::hash::BuildHasher::hash_one(keys, e.s.call_id.as_str()),
         );
         match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = session,
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = slot,
             hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(session);
+                v.insert(slot);
             }
         }
     }
-    fn remove(&mut self, hash: u64, id: &CallId) -> Option<Arc<Session>> {
-        let entry = self.table.find_entry(hash, |s| s.call_id == *id).ok()?;
+    fn remove(&mut self, hash: u64, id: &CallId) -> Option<Slot> {
+        let entry = self.table.find_entry(hash, |e| e.s.call_id == *id).ok()?;
         Some(entry.remove().0)
     }
 }

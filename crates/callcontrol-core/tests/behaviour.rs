@@ -1513,3 +1513,46 @@ fn parties_that_come_and_go_are_counted_right() {
         assert_eq!(h.engine.party_sessions(&party), 0);
     }
 }
+
+#[test]
+fn answered_calls_end_at_their_limit_whether_shorter_or_longer_than_the_setup_timeout() {
+    let mut h = Harness::fixed(Some(3600));
+    assert_eq!(h.init_now(call("long")), InitReply::Limited);
+    let mut short = call("short");
+    short.call_limit = 1;
+    let mut cfg_short = Harness::fixed(Some(30));
+    assert_eq!(cfg_short.init_now(short), InitReply::Limited);
+    h.advance_secs(10);
+    cfg_short.advance_secs(10);
+    assert_eq!(h.start("long", None), Found::Ok);
+    assert_eq!(cfg_short.start("short", None), Found::Ok);
+    let answered = h.now;
+    // Past the setup timeout: nothing happens to the answered call.
+    h.advance_secs(100);
+    assert_eq!(h.state_of("long"), Some(SessionState::InProgress));
+    assert_eq!(h.engine.stats().timers_fired, 0);
+    assert_eq!(h.deadline_of("long"), Some(answered.plus_secs(3600)));
+    h.advance_millis(3_499_999);
+    assert!(h.take_ends().is_empty());
+    h.advance_millis(1);
+    assert_eq!(h.take_ends().len(), 1, "ends exactly at its limit");
+    assert_eq!(h.state_of("long"), Some(SessionState::Ending));
+    let stats = h.engine.stats();
+    assert_eq!(
+        (stats.timers_fired, stats.expired, stats.timer_lateness_ms),
+        (1, 1, 0)
+    );
+    // Shorter than the setup timeout: ends at its limit too.
+    cfg_short.advance_millis(29_999);
+    assert!(cfg_short.take_ends().is_empty());
+    cfg_short.advance_millis(1);
+    assert_eq!(cfg_short.take_ends().len(), 1);
+    assert_eq!(cfg_short.engine.stats().timers_fired, 1);
+    // A call not answered is released at the setup timeout.
+    assert_eq!(h.init_now(call("never")), InitReply::Limited);
+    h.advance_secs(89);
+    assert_eq!(h.state_of("never"), Some(SessionState::Pending));
+    h.advance_secs(1);
+    assert_eq!(h.state_of("never"), None);
+    assert_eq!(h.engine.stats().setup_timeouts, 1);
+}
