@@ -159,10 +159,8 @@ pub struct Engine {
     /// Tracked sessions by billing party. A party whose last session ended
     /// keeps its (empty) entry, so that its next call finds its name without
     /// allocating, until there are more such entries than parties with
-    /// sessions (see [`Engine::collect_parties`]).
-    parties: HashMap<BillingParty, Vec<CallId>>,
-    /// Parties in `parties` without sessions.
-    empty_parties: usize,
+    /// sessions (see [`Parties::collect`]).
+    parties: Parties,
     /// Where an `init`'s billing party is written before it is looked up.
     party_buf: String,
     /// Where the lines logged for every call are composed.
@@ -196,8 +194,7 @@ impl Engine {
             config,
             sessions: Sessions::default(),
             timers: BTreeSet::new(),
-            parties: HashMap::new(),
-            empty_parties: 0,
+            parties: Parties::default(),
             party_buf: String::new(),
             log_buf: String::new(),
             authorising: HashMap::new(),
@@ -423,7 +420,7 @@ impl Engine {
     // ---- init -------------------------------------------------------------
 
     fn init(&mut self, now: Timestamp, token: Token, req: InitRequest) {
-        let Some((party, mut tracked)) = self.billing_party(&req) else {
+        let Some((party, party_hash, mut tracked)) = self.billing_party(&req) else {
             let e = RequestError::BadFrom(req.from);
             error!("Refused call: {e} ({})", req.call_id);
             return self.reply_init(token, InitReply::Error);
@@ -527,23 +524,42 @@ impl Engine {
             }
         } else {
             let limit = self.config.limit;
-            let session = (hash, tracked);
-            self.decide(now, token, req, party, session, (false, limit), false);
+            let place = Placement {
+                hash,
+                party_hash,
+                tracked,
+            };
+            self.decide(now, token, req, party, place, (false, limit), false);
         }
     }
 
     /// The billing party of an `init` (`None`: no usable From URI) and how
     /// many tracked sessions it has. A party known to the engine costs one
     /// lookup and no allocation: its name is shared with its sessions.
-    fn billing_party(&mut self, req: &InitRequest) -> Option<(BillingParty, usize)> {
+    /// Also returns the party's hash in `parties`.
+    fn billing_party(&mut self, req: &InitRequest) -> Option<(BillingParty, u64, usize)> {
         let buf = &mut self.party_buf;
         if !crate::party::write_billing_party(&req.from, req.diverter.as_deref(), buf) {
             return None;
         }
-        Some(match self.parties.get_key_value(buf.as_str()) {
-            Some((party, ids)) => (party.clone(), ids.len()),
-            None => (BillingParty::new(buf.as_str()), 0),
+        let hash = self.parties.hash(buf.as_str());
+        Some(match self.parties.find(hash, buf.as_str()) {
+            Some((party, ids)) => (party.clone(), hash, ids.len()),
+            None => (BillingParty::new(buf.as_str()), hash, 0),
         })
+    }
+
+    /// Where the session of an `init` answered later goes.
+    fn placement(&self, call_id: &CallId, party: &BillingParty) -> Placement {
+        let party_hash = self.parties.hash(party.as_str());
+        Placement {
+            hash: self.sessions.hash(call_id),
+            party_hash,
+            tracked: self
+                .parties
+                .find(party_hash, party.as_str())
+                .map_or(0, |(_, ids)| ids.len()),
+        }
     }
 
     /// How long an `init` may wait for the rating engine.
@@ -638,11 +654,8 @@ impl Engine {
                              (fail-open policy): {e} ({})",
                             req.call_id
                         );
-                        let session = (
-                            self.sessions.hash(&req.call_id),
-                            self.party_sessions(&party),
-                        );
-                        self.decide(now, token, req, party, session, (false, Some(limit)), false)
+                        let place = self.placement(&req.call_id, &party);
+                        self.decide(now, token, req, party, place, (false, Some(limit)), false)
                     }
                 };
             }
@@ -653,16 +666,12 @@ impl Engine {
             RatedLimit::Seconds(n) => (false, Some(n.min(cap))),
             RatedLimit::Unlimited => (false, self.config.limit),
         };
-        let session = (
-            self.sessions.hash(&req.call_id),
-            self.party_sessions(&party),
-        );
-        self.decide(now, token, req, party, session, (locked, limit), true);
+        let place = self.placement(&req.call_id, &party);
+        self.decide(now, token, req, party, place, (locked, limit), true);
     }
 
-    /// The decision of BEHAVIOUR.md `init` step 3, in its order. `hash`: the
-    /// Call-ID's; `tracked`: the party's tracked sessions; `(locked, limit)`:
-    /// the rating.
+    /// The decision of BEHAVIOUR.md `init` step 3, in its order. `place`: the
+    /// hashes and the party's tracked sessions; `(locked, limit)`: the rating.
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
@@ -670,11 +679,11 @@ impl Engine {
         token: Token,
         req: InitRequest,
         party: BillingParty,
-        (hash, tracked): (u64, usize),
+        place: Placement,
         (locked, limit): (bool, Option<u64>),
         authorised: bool,
     ) {
-        let reply = if req.call_limit > 0 && tracked >= req.call_limit as usize {
+        let reply = if req.call_limit > 0 && place.tracked >= req.call_limit as usize {
             InitReply::CallLimitReached
         } else if locked {
             InitReply::Locked
@@ -715,7 +724,7 @@ impl Engine {
                     limit.map_or("none".to_string(), |l| format!("{l} s")),
                     session.call_id
                 );
-                self.insert_session(hash, session, Some(setup));
+                self.insert_session(place.hash, place.party_hash, session, Some(setup));
             }
             refused => {
                 if refused != InitReply::NoLimit {
@@ -853,7 +862,11 @@ impl Engine {
     /// Every in-progress prepaid session of `party` now ends `secs` from now:
     /// the rating engine's shared limit for all of them running.
     fn reset_party(&mut self, now: Timestamp, party: &BillingParty, secs: u64, why: &CallId) {
-        let ids: Vec<CallId> = self.parties.get(party).cloned().unwrap_or_default();
+        let ids: Vec<CallId> = self
+            .parties
+            .get(party)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
         for id in ids {
             let Some(entry) = self.sessions.get_mut(&id) else {
                 continue;
@@ -1125,22 +1138,16 @@ impl Engine {
 
     // ---- sessions ---------------------------------------------------------
 
-    fn insert_session(&mut self, hash: u64, mut session: Session, deadline: Option<Timestamp>) {
+    fn insert_session(
+        &mut self,
+        hash: u64,
+        party_hash: u64,
+        mut session: Session,
+        deadline: Option<Timestamp>,
+    ) {
         let id = session.call_id.clone();
         // One allocation of the party's name, shared by all its sessions.
-        match self.parties.entry(session.party.clone()) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                session.party = o.key().clone();
-                let ids = o.get_mut();
-                if ids.is_empty() {
-                    self.empty_parties = self.empty_parties.saturating_sub(1);
-                }
-                ids.push(id.clone());
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![id.clone()]);
-            }
-        }
+        self.parties.add(party_hash, &mut session.party, id.clone());
         session.deadline = deadline;
         if let Some(d) = deadline {
             self.timers.insert((d, id.clone()));
@@ -1148,6 +1155,7 @@ impl Engine {
         let slot = Slot {
             s: Arc::new(session),
             armed: deadline,
+            party_hash,
         };
         self.sessions.insert(hash, slot);
         self.dirty.push(Dirty {
@@ -1163,34 +1171,21 @@ impl Engine {
 
     /// [`Engine::remove_session`] with the Call-ID's hash at hand.
     fn remove_hashed(&mut self, hash: u64, id: &CallId) -> Option<Arc<Session>> {
-        let Slot { s, armed } = self.sessions.remove(hash, id)?;
+        let Slot {
+            s,
+            armed,
+            party_hash,
+        } = self.sessions.remove(hash, id)?;
         if let Some(a) = armed {
             self.timers.remove(&(a, id.clone()));
         }
-        if let Some(ids) = self.parties.get_mut(&s.party) {
-            let had = !ids.is_empty();
-            ids.retain(|c| c != id);
-            if had && ids.is_empty() {
-                self.empty_parties += 1;
-                self.collect_parties();
-            }
-        }
+        self.parties.remove(party_hash, &s.party, id);
         self.dirty.push(Dirty {
             id: id.clone(),
             hash,
             removed: true,
         });
         Some(s)
-    }
-
-    /// Forgets the parties without sessions once they outnumber those with
-    /// sessions (and are more than [`EMPTY_PARTIES_KEPT`]): memory stays
-    /// bounded by the parties in use, and the cost is amortised.
-    fn collect_parties(&mut self) {
-        if self.empty_parties > EMPTY_PARTIES_KEPT && self.empty_parties * 2 > self.parties.len() {
-            self.parties.retain(|_, ids| !ids.is_empty());
-            self.empty_parties = 0;
-        }
     }
 
     fn persist(&mut self, id: &CallId) {
@@ -1210,7 +1205,7 @@ impl Engine {
 
     /// Tracked sessions of a billing party.
     pub fn party_sessions(&self, party: &BillingParty) -> usize {
-        self.parties.get(party).map_or(0, Vec::len)
+        self.parties.get(party).map_or(0, <[_]>::len)
     }
 
     // ---- debits -----------------------------------------------------------
@@ -1418,7 +1413,8 @@ impl Engine {
                 s.call_id
             );
             let hash = self.sessions.hash(&s.call_id);
-            self.insert_session(hash, s, deadline);
+            let party_hash = self.parties.hash(s.party.as_str());
+            self.insert_session(hash, party_hash, s, deadline);
         }
         for owed in snapshot.debits {
             self.next_debit = self.next_debit.max(owed.seq + 1);
@@ -1584,7 +1580,7 @@ fn compose<'b>(buf: &'b mut String, pieces: &[Piece<'_>]) -> &'b str {
     buf
 }
 
-/// Parties without sessions kept in any case (see `Engine::collect_parties`).
+/// Parties without sessions kept in any case (see `Parties::collect`).
 const EMPTY_PARTIES_KEPT: usize = 1024;
 
 /// A session changed (or removed) since the last `take_changes`.
@@ -1614,6 +1610,84 @@ struct Slot {
     /// before it when the deadline moved later since (the entry is moved
     /// when it comes due, see `Engine::arm`). `None`: no entry.
     armed: Option<Timestamp>,
+    /// The hash of the session's party in `Engine::parties`.
+    party_hash: u64,
+}
+
+/// Where the session of an `init` goes: its Call-ID's hash, its party's, and
+/// how many tracked sessions the party has.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    hash: u64,
+    party_hash: u64,
+    tracked: usize,
+}
+
+/// The tracked sessions of each billing party, hashed like [`Sessions`]
+/// (once per `init`; a session keeps its party's hash for its removal).
+#[derive(Debug, Default)]
+struct Parties {
+    table: hashbrown::HashTable<(BillingParty, Vec<CallId>)>,
+    keys: std::hash::RandomState,
+    /// Entries without sessions.
+    empty: usize,
+}
+
+impl Parties {
+    fn hash(&self, party: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, party)
+    }
+    fn find(&self, hash: u64, party: &str) -> Option<&(BillingParty, Vec<CallId>)> {
+        self.table.find(hash, |(p, _)| p.as_str() == party)
+    }
+    fn get(&self, party: &BillingParty) -> Option<&[CallId]> {
+        let found = self.find(self.hash(party.as_str()), party.as_str())?;
+        Some(&found.1)
+    }
+    /// Adds `id` to `party`'s sessions, and makes `party` the shared name.
+    fn add(&mut self, hash: u64, party: &mut BillingParty, id: CallId) {
+        let keys = &self.keys;
+        let entry = self.table.entry(
+            hash,
+            |(p, _)| p == party,
+            |(p, _)| std::hash::BuildHasher::hash_one(keys, p.as_str()),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                let (name, ids) = o.get_mut();
+                *party = name.clone();
+                if ids.is_empty() {
+                    self.empty = self.empty.saturating_sub(1);
+                }
+                ids.push(id);
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert((party.clone(), vec![id]));
+            }
+        }
+    }
+    /// Removes `id` from `party`'s sessions. A party left without sessions
+    /// keeps its entry until [`Parties::collect`].
+    fn remove(&mut self, hash: u64, party: &BillingParty, id: &CallId) {
+        let Some((_, ids)) = self.table.find_mut(hash, |(p, _)| p == party) else {
+            return;
+        };
+        let had = !ids.is_empty();
+        ids.retain(|c| c != id);
+        if had && ids.is_empty() {
+            self.empty += 1;
+            self.collect();
+        }
+    }
+    /// Forgets the parties without sessions once they outnumber those with
+    /// sessions (and are more than [`EMPTY_PARTIES_KEPT`]): memory stays
+    /// bounded by the parties in use, and the cost is amortised.
+    fn collect(&mut self) {
+        if self.empty > EMPTY_PARTIES_KEPT && self.empty * 2 > self.table.len() {
+            self.table.retain(|(_, ids)| !ids.is_empty());
+            self.empty = 0;
+        }
+    }
 }
 
 impl Sessions {
