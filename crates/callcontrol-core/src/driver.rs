@@ -494,6 +494,12 @@ impl Core {
             if let Err(e) = self.store.apply(&changes) {
                 error!("Could not persist {} session changes: {e}", changes.len());
             }
+            if self.store.wants_state() {
+                let state = self.engine.shared_state();
+                if let Err(e) = self.store.save_state(state) {
+                    error!("Could not compact the session store: {e}");
+                }
+            }
         }
         let mut own = None;
         while let Some(effect) = self.engine.poll_effect() {

@@ -249,6 +249,15 @@ impl Engine {
         self.sessions.get(call_id).map(|s| &**s)
     }
 
+    /// The durable state (every session, shared, and the debits owed), for a
+    /// store that compacts ([`SessionStore::save_state`](crate::store::SessionStore::save_state)).
+    pub fn shared_state(&self) -> crate::store::SharedState {
+        crate::store::SharedState {
+            sessions: self.sessions.values().cloned().collect(),
+            debits: self.debits.values().map(|d| d.owed.clone()).collect(),
+        }
+    }
+
     /// Every session, in no particular order.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values().map(|s| &**s)

@@ -49,6 +49,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -58,7 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::session::Session;
-use crate::store::{OwedDebit, SessionStore, Snapshot, StoreChange};
+use crate::store::{OwedDebit, SessionStore, SharedState, Snapshot, StoreChange};
 use crate::types::Timestamp;
 
 /// File name of the journal inside the runtime directory.
@@ -188,94 +189,28 @@ struct Inner {
     dir: PathBuf,
     seg: Segment,
     opts: JournalOptions,
-    mirror: Mirror,
     dirty: bool,
     last_write: Instant,
     closed: bool,
-    /// A write failed: the journal on disk misses a batch the mirror has, so
-    /// the next apply writes a whole snapshot first.
-    must_compact: bool,
+    /// A write failed: the journal on disk misses a batch, so the state the
+    /// driver hands over next is written as a whole snapshot at once.
+    failed: bool,
     /// A background compaction is writing a snapshot.
     compacting: bool,
     /// Size of the last snapshot written.
     snapshot_bytes: u64,
 }
 
-/// The state as the journal holds it, records shared (`Arc`) so that a
-/// background compaction can take a copy in milliseconds under the lock and
-/// serialise it outside.
-#[derive(Default, Clone)]
-struct Mirror {
-    sessions: std::collections::HashMap<crate::types::CallId, Arc<Session>>,
-    debits: std::collections::BTreeMap<u64, Arc<OwedDebit>>,
+/// What the appending side and the background thread share without the lock.
+#[derive(Default)]
+struct Flags {
+    /// The journal wants the state (see [`SessionStore::wants_state`]).
+    due: AtomicBool,
+    /// Held while the snapshot and journal files are replaced or read as a
+    /// whole, so that a reader never sees a half-finished compaction.
+    files: Mutex<()>,
 }
 
-impl Mirror {
-    fn apply(&mut self, changes: &[StoreChange]) {
-        for c in changes {
-            match c {
-                StoreChange::Session(s) => match self.sessions.get_mut(s.call_id.as_str()) {
-                    Some(slot) => *slot = s.clone(),
-                    None => {
-                        self.sessions.insert(s.call_id.clone(), s.clone());
-                    }
-                },
-                StoreChange::RemoveSession(id) => {
-                    self.sessions.remove(id);
-                }
-                StoreChange::Debit(d) => {
-                    self.debits.insert(d.seq, Arc::new(d.clone()));
-                }
-                StoreChange::DebitDone(seq) => {
-                    self.debits.remove(seq);
-                }
-            }
-        }
-    }
-    fn snapshot(&self) -> Snapshot {
-        let mut sessions: Vec<Session> = self.sessions.values().map(|s| (**s).clone()).collect();
-        sessions.sort_by(|a, b| a.call_id.cmp(&b.call_id));
-        Snapshot {
-            sessions,
-            debits: self.debits.values().map(|d| (**d).clone()).collect(),
-        }
-    }
-}
-
-/// The records of a [`Mirror`] at one moment, shared: taken under the lock
-/// in about a millisecond per 100,000 sessions (reference counts only), and
-/// written out as a snapshot without the lock.
-struct Frozen {
-    sessions: Vec<Arc<Session>>,
-    debits: Vec<Arc<OwedDebit>>,
-}
-
-impl Mirror {
-    fn freeze(&self) -> Frozen {
-        Frozen {
-            sessions: self.sessions.values().cloned().collect(),
-            debits: self.debits.values().cloned().collect(),
-        }
-    }
-}
-
-/// What a snapshot file holds when written (shared records, no copies).
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    version: u32,
-    saved_at: u64,
-    clean: bool,
-    down_since: Option<u64>,
-    state: StateOut<'a>,
-}
-
-#[derive(Serialize)]
-struct StateOut<'a> {
-    sessions: Vec<&'a Arc<Session>>,
-    debits: Vec<&'a Arc<OwedDebit>>,
-}
-
-/// Writes `mirror` as the snapshot file, atomically.
 /// Opens `path` for writing (truncated, or appended to), creating it with
 /// mode 0600: the journal and snapshot hold Call-IDs and SIP URIs, which are
 /// personal data. A file an older version created with a wider mode is
@@ -297,9 +232,26 @@ fn create_private(path: &Path, truncate: bool) -> io::Result<File> {
     Ok(file)
 }
 
+/// What a snapshot file holds when written (borrowed records, no copies).
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    saved_at: u64,
+    clean: bool,
+    down_since: Option<u64>,
+    state: StateOut<'a>,
+}
+
+#[derive(Serialize)]
+struct StateOut<'a> {
+    sessions: Vec<&'a Session>,
+    debits: Vec<&'a OwedDebit>,
+}
+
+/// Writes the snapshot file atomically; returns its size.
 fn write_snapshot(
     dir: &Path,
-    state: &Frozen,
+    state: StateOut<'_>,
     clean: bool,
     down_since: Option<Timestamp>,
 ) -> Result<u64, StoreError> {
@@ -308,10 +260,7 @@ fn write_snapshot(
         saved_at: wall_ms(),
         clean,
         down_since: down_since.map(|t| t.0),
-        state: StateOut {
-            sessions: state.sessions.iter().collect(),
-            debits: state.debits.iter().collect(),
-        },
+        state,
     };
     let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
@@ -325,11 +274,34 @@ fn write_snapshot(
     Ok(bytes.len() as u64)
 }
 
+fn shared_out(state: &SharedState) -> StateOut<'_> {
+    StateOut {
+        sessions: state.sessions.iter().map(|s| &**s).collect(),
+        debits: state.debits.iter().collect(),
+    }
+}
+
+fn snapshot_out(state: &Snapshot) -> StateOut<'_> {
+    StateOut {
+        sessions: state.sessions.iter().collect(),
+        debits: state.debits.iter().collect(),
+    }
+}
+
+enum Msg {
+    /// Finish a compaction: flush the renamed journal, write this state as
+    /// the snapshot, remove the renamed journal.
+    Compact(SharedState, File),
+}
+
 /// The durable session store. See the module docs.
 pub struct Journal {
     inner: Arc<Mutex<Inner>>,
+    flags: Arc<Flags>,
     recovery: Recovery,
-    stop: Option<mpsc::Sender<()>>,
+    /// The state found at open, until the driver has loaded it.
+    loaded: Option<Snapshot>,
+    tx: Option<mpsc::Sender<Msg>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -348,7 +320,7 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the state consistent enough to
     // go on: every mutation is a whole append or a whole compaction.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -361,48 +333,43 @@ impl Journal {
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, StoreError> {
         fs::create_dir_all(dir)?;
         let (snapshot, mut recovery) = recover(dir)?;
-        let mut mirror = Mirror::default();
-        for s in snapshot.sessions {
-            mirror.sessions.insert(s.call_id.clone(), Arc::new(s));
-        }
-        for d in snapshot.debits {
-            mirror.debits.insert(d.seq, Arc::new(d));
-        }
         let seg = Segment::open(&dir.join(JOURNAL_FILE))?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             seg,
             opts: opts.clone(),
-            mirror,
             dirty: false,
             last_write: Instant::now(),
             closed: false,
-            must_compact: false,
+            failed: false,
             compacting: false,
             snapshot_bytes: 0,
         };
         // Start from a fresh snapshot and an empty journal, remembering when
         // the previous run was last alive.
-        inner.compact(false, recovery.down_since)?;
+        inner.compact(snapshot_out(&snapshot), false, recovery.down_since)?;
         if recovery.dropped_bytes > 0 {
             warn!(
                 "Session journal: dropped a torn or corrupt tail of {} bytes",
                 recovery.dropped_bytes
             );
         }
-        let (tx, rx) = mpsc::channel::<()>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let inner = Arc::new(Mutex::new(inner));
+        let flags = Arc::new(Flags::default());
         let worker = {
-            let inner = inner.clone();
+            let (inner, flags) = (inner.clone(), flags.clone());
             std::thread::Builder::new()
                 .name("journal-sync".into())
-                .spawn(move || background(inner, rx))?
+                .spawn(move || background(inner, flags, rx))?
         };
         recovery.down_since = recovery.down_since.filter(|t| t.0 > 0);
         Ok(Journal {
             inner,
+            flags,
             recovery,
-            stop: Some(tx),
+            loaded: Some(snapshot),
+            tx: Some(tx),
             worker: Some(worker),
         })
     }
@@ -412,14 +379,31 @@ impl Journal {
         &self.recovery
     }
 
-    /// The state as it is now.
+    /// The state as it is now: as found at open until the first change,
+    /// then as the files on disk hold it.
     pub fn snapshot(&self) -> Snapshot {
-        lock(&self.inner).mirror.snapshot()
+        match &self.loaded {
+            Some(s) => s.clone(),
+            None => self.state_on_disk().unwrap_or_else(|e| {
+                error!("Session journal: cannot read the state back: {e}");
+                Snapshot::default()
+            }),
+        }
     }
 
-    /// Writes a snapshot and empties the journal now.
+    /// The state the snapshot and journal files hold.
+    fn state_on_disk(&self) -> Result<Snapshot, StoreError> {
+        let dir = lock(&self.inner).dir.clone();
+        let _files = lock(&self.flags.files);
+        Ok(recover(&dir)?.0)
+    }
+
+    /// Writes a snapshot (of the state on disk) and empties the journal now.
     pub fn compact(&self) -> Result<(), StoreError> {
-        lock(&self.inner).compact(false, None)
+        let _files = lock(&self.flags.files);
+        let mut inner = lock(&self.inner);
+        let state = recover(&inner.dir)?.0;
+        inner.compact(snapshot_out(&state), false, None)
     }
 
     /// Bytes of records in the journal file (the file itself is reserved
@@ -429,7 +413,7 @@ impl Journal {
     }
 
     fn stop_worker(&mut self) {
-        self.stop.take();
+        self.tx.take();
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
@@ -449,40 +433,67 @@ impl SessionStore for Journal {
         if changes.is_empty() {
             return Ok(());
         }
+        self.loaded = None;
         let mut inner = lock(&self.inner);
         let appended = inner.append(&Record::Changes {
             at: wall_ms(),
             changes: std::borrow::Cow::Borrowed(changes),
         });
-        // The mirror takes the batch whatever happened on disk, so that the
-        // snapshot written below (or at the next apply) contains it.
-        inner.mirror.apply(changes);
         if let Err(e) = appended {
-            log::error!("Session journal write failed, writing a full snapshot instead: {e}");
-            inner.must_compact = true;
-        }
-        if inner.must_compact {
-            inner.compact(false, None)?;
-            inner.must_compact = false;
+            // The driver hands over the whole state right after this apply
+            // (`wants_state`), and it is written as a snapshot at once.
+            error!("Session journal write failed, writing a full snapshot instead: {e}");
+            inner.failed = true;
+            self.flags.due.store(true, Ordering::Release);
+            return Ok(());
         }
         if inner.opts.fsync == FsyncPolicy::Always {
             inner.seg.file.sync_data()?;
             inner.dirty = false;
         }
-        // Past `compact_bytes` the background thread compacts, off this path.
         Ok(())
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        Ok(self.snapshot())
+        match self.loaded.take() {
+            Some(s) => Ok(s),
+            None => self.state_on_disk(),
+        }
     }
 
     fn group_commit(&self) -> bool {
         lock(&self.inner).opts.fsync == FsyncPolicy::Always
     }
 
+    fn wants_state(&self) -> bool {
+        self.flags.due.load(Ordering::Acquire)
+    }
+
+    fn save_state(&mut self, state: SharedState) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        self.flags.due.store(false, Ordering::Release);
+        if inner.failed || inner.dir.join(OLD_JOURNAL_FILE).exists() {
+            // After a failed write, or if a background compaction did not
+            // finish: a whole compaction, now.
+            let _files = lock(&self.flags.files);
+            inner.compact(shared_out(&state), false, None)?;
+            inner.failed = false;
+            return Ok(());
+        }
+        let old = inner.rotate()?;
+        match &self.tx {
+            Some(tx) if tx.send(Msg::Compact(state, old)).is_ok() => Ok(()),
+            _ => {
+                inner.compacting = false;
+                Err(StoreError::Corrupt("journal background thread gone".into()))
+            }
+        }
+    }
+
     fn close(&mut self) -> Result<(), StoreError> {
+        // Lets the background thread finish a compaction it was given.
         self.stop_worker();
+        let _files = lock(&self.flags.files);
         let mut inner = lock(&self.inner);
         if inner.closed {
             return Ok(());
@@ -493,12 +504,12 @@ impl SessionStore for Journal {
         // write fails), then the snapshot marked clean.
         inner.append(&Record::Shutdown { at: now })?;
         inner.seg.file.sync_data()?;
-        inner.compact(true, Some(Timestamp(now)))?;
-        let n = inner.mirror.snapshot();
+        let state = recover(&inner.dir)?.0;
+        inner.compact(snapshot_out(&state), true, Some(Timestamp(now)))?;
         info!(
             "Saved {} sessions and {} owed debits",
-            n.sessions.len(),
-            n.debits.len()
+            state.sessions.len(),
+            state.debits.len()
         );
         Ok(())
     }
@@ -513,13 +524,19 @@ impl Inner {
         Ok(())
     }
 
-    /// Replaces the snapshot with the current state and empties the journal.
+    /// Replaces the snapshot with `state` and empties the journal (the
+    /// caller holds the files lock).
     /// Crash-safe in every order: until the rename the old snapshot and the
     /// full journal are there; after it, replaying the old journal on top of
     /// the new snapshot gives the same state (every record is an upsert or a
     /// removal by key, and the snapshot is the result of all of them).
-    fn compact(&mut self, clean: bool, down_since: Option<Timestamp>) -> Result<(), StoreError> {
-        self.snapshot_bytes = write_snapshot(&self.dir, &self.mirror.freeze(), clean, down_since)?;
+    fn compact(
+        &mut self,
+        state: StateOut<'_>,
+        clean: bool,
+        down_since: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.snapshot_bytes = write_snapshot(&self.dir, state, clean, down_since)?;
         // The snapshot holds everything: a journal left by an unfinished
         // background compaction is no longer needed.
         match fs::remove_file(self.dir.join(OLD_JOURNAL_FILE)) {
@@ -533,17 +550,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts a background compaction: the journal is renamed aside and a new
-    /// one started (a few syscalls), and a shared copy of the state is taken
-    /// (reference counts, no session copied). The caller flushes the renamed
-    /// journal and writes the snapshot without holding the lock, so `apply`
-    /// never waits for either.
-    fn rotate(&mut self) -> Result<(Frozen, File), StoreError> {
-        if self.dir.join(OLD_JOURNAL_FILE).exists() {
-            // A previous background compaction did not finish: do a whole one.
-            self.compact(false, None)?;
-            return Err(StoreError::Corrupt("previous compaction unfinished".into()));
-        }
+    /// Starts a background compaction: the journal is renamed aside and a
+    /// new one started (a few syscalls). The background thread then flushes
+    /// the renamed journal and writes the snapshot, without the lock, so
+    /// `apply` never waits for either.
+    fn rotate(&mut self) -> Result<File, StoreError> {
         if self.opts.fsync == FsyncPolicy::Always {
             self.seg.file.sync_data()?;
         }
@@ -552,7 +563,7 @@ impl Inner {
         sync_dir(&self.dir);
         let old = std::mem::replace(&mut self.seg, seg);
         self.compacting = true;
-        Ok((self.mirror.freeze(), old.file))
+        Ok(old.file)
     }
 
     /// Journal size past which the background thread compacts: the
@@ -569,12 +580,12 @@ impl Inner {
 /// in every order: before the snapshot's rename, old snapshot + old journal +
 /// journal are complete; after it, replaying the old journal on the new
 /// snapshot changes nothing (the snapshot is the result of all of it).
-fn finish_compaction(dir: &Path, state: &Frozen, old: File) -> Result<u64, StoreError> {
+fn finish_compaction(dir: &Path, state: &SharedState, old: File) -> Result<u64, StoreError> {
     // The renamed journal is flushed before anything newer is: until the
     // snapshot replaces the old one, a power loss needs all of it.
     old.sync_data()?;
     drop(old);
-    let bytes = write_snapshot(dir, state, false, None)?;
+    let bytes = write_snapshot(dir, shared_out(state), false, None)?;
     fs::remove_file(dir.join(OLD_JOURNAL_FILE))?;
     sync_dir(dir);
     Ok(bytes)
@@ -586,7 +597,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn background(inner: Arc<Mutex<Inner>>, stop: mpsc::Receiver<()>) {
+fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Msg>) {
     let tick = {
         let i = lock(&inner);
         let sync = match i.opts.fsync {
@@ -596,10 +607,28 @@ fn background(inner: Arc<Mutex<Inner>>, stop: mpsc::Receiver<()>) {
         sync.min(i.opts.heartbeat).max(Duration::from_millis(10))
     };
     loop {
-        match stop.recv_timeout(tick) {
+        match rx.recv_timeout(tick) {
+            Ok(Msg::Compact(state, old)) => {
+                let dir = lock(&inner).dir.clone();
+                let result = {
+                    let _files = lock(&flags.files);
+                    finish_compaction(&dir, &state, old)
+                };
+                drop(state);
+                let mut i = lock(&inner);
+                i.compacting = false;
+                match result {
+                    Ok(bytes) => i.snapshot_bytes = bytes,
+                    Err(e) => {
+                        error!("Session journal: compaction failed, retrying in full: {e}");
+                        flags.due.store(true, Ordering::Release);
+                    }
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             // Sender dropped: the journal is closing.
-            _ => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         let mut i = lock(&inner);
         if i.closed {
@@ -631,25 +660,11 @@ fn background(inner: Arc<Mutex<Inner>>, stop: mpsc::Receiver<()>) {
             }
         }
         if i.seg.len as u64 > i.compact_threshold() && !i.compacting {
-            debug!("Session journal reached {} bytes, compacting", i.seg.len);
-            match i.rotate() {
-                Ok((state, old)) => {
-                    let dir = i.dir.clone();
-                    drop(i);
-                    let result = finish_compaction(&dir, &state, old);
-                    drop(state);
-                    let mut i = lock(&inner);
-                    i.compacting = false;
-                    match result {
-                        Ok(bytes) => i.snapshot_bytes = bytes,
-                        Err(e) => {
-                            error!("Session journal: compaction failed, retrying in full: {e}");
-                            i.must_compact = true;
-                        }
-                    }
-                }
-                Err(e) => debug!("Session journal: compacted in full ({e})"),
-            }
+            debug!(
+                "Session journal reached {} bytes, asking for the state to compact",
+                i.seg.len
+            );
+            flags.due.store(true, Ordering::Release);
         }
     }
 }
@@ -911,6 +926,31 @@ mod tests {
         }
     }
 
+    /// A journal used as the driver uses it: after every apply, the state is
+    /// handed over when the journal asks for it.
+    struct Driven {
+        j: Journal,
+        mem: crate::store::MemoryStore,
+    }
+
+    impl Driven {
+        fn apply(&mut self, changes: &[StoreChange]) {
+            self.mem.apply(changes).unwrap();
+            self.j.apply(changes).unwrap();
+            self.hand_over();
+        }
+        fn hand_over(&mut self) {
+            if self.j.wants_state() {
+                let s = self.mem.snapshot();
+                let state = SharedState {
+                    sessions: s.sessions.into_iter().map(Arc::new).collect(),
+                    debits: s.debits,
+                };
+                self.j.save_state(state).unwrap();
+            }
+        }
+    }
+
     fn opts() -> JournalOptions {
         JournalOptions {
             fsync: FsyncPolicy::Never,
@@ -935,12 +975,12 @@ mod tests {
             .unwrap();
             // The background thread renames the journal aside and takes the
             // state; the daemon dies before the snapshot is written.
-            let state = lock(&j.inner).rotate().unwrap();
+            let old = lock(&j.inner).rotate().unwrap();
             assert!(dir.join(OLD_JOURNAL_FILE).exists());
             j.apply(&[StoreChange::RemoveSession(CallId::new("a"))])
                 .unwrap();
             j.apply(&[StoreChange::Debit(debit(7, "a"))]).unwrap();
-            drop(state);
+            drop(old);
         }
         let j = Journal::open(&dir, opts()).unwrap();
         let s = j.snapshot();
@@ -959,9 +999,13 @@ mod tests {
             j.apply(&[StoreChange::RemoveSession(CallId::new("a"))])
                 .unwrap();
             j.apply(&[StoreChange::from(session("b"))]).unwrap();
-            let state = lock(&j.inner).rotate().unwrap();
+            let _old = lock(&j.inner).rotate().unwrap();
             // Snapshot written, then death before the old journal is removed.
-            write_snapshot(&dir, &state.0, false, None).unwrap();
+            let state = SharedState {
+                sessions: vec![Arc::new(session("b"))],
+                debits: vec![],
+            };
+            write_snapshot(&dir, shared_out(&state), false, None).unwrap();
             j.apply(&[StoreChange::from(session("c"))]).unwrap();
         }
         let j = Journal::open(&dir, opts()).unwrap();
@@ -982,17 +1026,22 @@ mod tests {
             heartbeat: Duration::from_millis(20),
             ..opts()
         };
+        let mut compactions = 0;
         {
-            let mut j = Journal::open(&dir, o.clone()).unwrap();
+            let mut d = Driven {
+                j: Journal::open(&dir, o.clone()).unwrap(),
+                mem: Default::default(),
+            };
             for i in 0..300 {
-                j.apply(&[StoreChange::from(session(&format!("s{i}")))])
-                    .unwrap();
+                compactions += u32::from(d.j.wants_state());
+                d.apply(&[StoreChange::from(session(&format!("s{i}")))]);
                 if i % 50 == 0 {
                     std::thread::sleep(Duration::from_millis(30));
                 }
             }
             // Crash.
         }
+        assert!(compactions > 0, "the journal asked for the state");
         let j = Journal::open(&dir, o).unwrap();
         assert_eq!(j.snapshot().sessions.len(), 300);
     }
@@ -1174,22 +1223,27 @@ mod tests {
             heartbeat: Duration::from_millis(10),
             ..opts()
         };
-        let mut j = Journal::open(&dir, o.clone()).unwrap();
+        let mut d = Driven {
+            j: Journal::open(&dir, o.clone()).unwrap(),
+            mem: Default::default(),
+        };
         for i in 0..50 {
             let id = format!("s{i}");
-            j.apply(&[StoreChange::from(session(&id))]).unwrap();
+            d.apply(&[StoreChange::from(session(&id))]);
             if i % 2 == 0 {
-                j.apply(&[StoreChange::RemoveSession(CallId::new(&id))])
-                    .unwrap();
+                d.apply(&[StoreChange::RemoveSession(CallId::new(&id))]);
             }
         }
-        // The background thread compacts (off the apply path) within ticks.
+        // The background thread asks for the state within ticks, and
+        // compacts off the apply path.
         for _ in 0..200 {
-            if j.journal_len() <= 2_000 {
+            d.hand_over();
+            if d.j.journal_len() <= 2_000 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let j = d.j;
         assert!(
             j.journal_len() <= 2_000 + 1_000,
             "journal is {} bytes",

@@ -72,6 +72,28 @@ pub trait SessionStore: Send + 'static {
     fn group_commit(&self) -> bool {
         false
     }
+    /// Whether the store wants the whole state now (e.g. a journal that
+    /// grew past its size, to write a snapshot). The driver asks after every
+    /// `apply` and, when so, hands it over with [`SessionStore::save_state`].
+    fn wants_state(&self) -> bool {
+        false
+    }
+    /// The whole state, consistent with every change applied so far (the
+    /// records are the engine's own, shared: taking it costs reference
+    /// counts, not copies). Called only after `wants_state` said so.
+    fn save_state(&mut self, state: SharedState) -> Result<(), StoreError> {
+        let _ = state;
+        Ok(())
+    }
+}
+
+/// The whole durable state at one moment, sharing the engine's records.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState {
+    /// Every session.
+    pub sessions: Vec<Arc<Session>>,
+    /// Debits owed, in order.
+    pub debits: Vec<OwedDebit>,
 }
 
 /// A store in memory: it survives nothing, but it lets tests see exactly what
