@@ -422,7 +422,8 @@ async fn run(
     let mut core = shared.lock();
     core.flush(&shared, None);
     core.pending.clear();
-    core.store.close()
+    let state = core.engine.shared_state();
+    core.store.close_with(state)
 }
 
 impl Core {

@@ -491,6 +491,18 @@ impl SessionStore for Journal {
     }
 
     fn close(&mut self) -> Result<(), StoreError> {
+        self.close_from(None)
+    }
+
+    fn close_with(&mut self, state: SharedState) -> Result<(), StoreError> {
+        self.close_from(Some(state))
+    }
+}
+
+impl Journal {
+    /// Appends `Shutdown`, then writes the final snapshot (marked clean) of
+    /// `state`, or of the state on disk.
+    fn close_from(&mut self, state: Option<SharedState>) -> Result<(), StoreError> {
         // Lets the background thread finish a compaction it was given.
         self.stop_worker();
         let _files = lock(&self.flags.files);
@@ -504,13 +516,19 @@ impl SessionStore for Journal {
         // write fails), then the snapshot marked clean.
         inner.append(&Record::Shutdown { at: now })?;
         inner.seg.file.sync_data()?;
-        let state = recover(&inner.dir)?.0;
-        inner.compact(snapshot_out(&state), true, Some(Timestamp(now)))?;
-        info!(
-            "Saved {} sessions and {} owed debits",
-            state.sessions.len(),
-            state.debits.len()
-        );
+        let down = Some(Timestamp(now));
+        let (sessions, debits) = match state {
+            Some(state) => {
+                inner.compact(shared_out(&state), true, down)?;
+                (state.sessions.len(), state.debits.len())
+            }
+            None => {
+                let state = recover(&inner.dir)?.0;
+                inner.compact(snapshot_out(&state), true, down)?;
+                (state.sessions.len(), state.debits.len())
+            }
+        };
+        info!("Saved {sessions} sessions and {debits} owed debits");
         Ok(())
     }
 }
@@ -1275,6 +1293,35 @@ mod tests {
         let j = Journal::open(&dir, opts()).unwrap();
         assert_eq!(j.recovery().down_since, first);
         assert!(!j.recovery().clean_shutdown);
+    }
+
+    #[test]
+    fn closing_with_the_state_writes_it_as_the_clean_snapshot() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[
+                StoreChange::from(session("a")),
+                StoreChange::from(session("b")),
+            ])
+            .unwrap();
+            j.apply(&[StoreChange::RemoveSession(CallId::new("a"))])
+                .unwrap();
+            let state = SharedState {
+                sessions: vec![Arc::new(session("b"))],
+                debits: vec![debit(3, "a")],
+            };
+            j.close_with(state).unwrap();
+        }
+        assert!(fs::read_to_string(dir.join(SNAPSHOT_FILE))
+            .unwrap()
+            .contains("\"clean\":true"));
+        let j = Journal::open(&dir, opts()).unwrap();
+        assert!(j.recovery().clean_shutdown);
+        let s = j.snapshot();
+        assert_eq!(s.sessions.len(), 1);
+        assert_eq!(s.sessions[0].call_id.as_str(), "b");
+        assert_eq!(s.debits, vec![debit(3, "a")]);
     }
 
     #[test]

@@ -85,6 +85,12 @@ pub trait SessionStore: Send + 'static {
         let _ = state;
         Ok(())
     }
+    /// [`SessionStore::close`], given the whole state (the driver's way to
+    /// close: a store that writes a final snapshot need not rebuild it).
+    fn close_with(&mut self, state: SharedState) -> Result<(), StoreError> {
+        let _ = state;
+        self.close()
+    }
 }
 
 /// The whole durable state at one moment, sharing the engine's records.
