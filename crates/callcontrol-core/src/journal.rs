@@ -8,19 +8,22 @@
 //!   Replaced atomically (write a temporary file, fsync, rename, fsync the
 //!   directory).
 //! - `sessions.journal`: records appended since, each
-//!   `len: u32 LE | crc32(payload): u32 LE | payload` with a postcard (compact binary serde) payload. A
-//!   record whose length runs past the end of the file or whose checksum
-//!   does not match is a torn write (the process died mid-`write()` or the
-//!   machine lost power before the page cache reached the disk): it and
-//!   everything after it are dropped at start-up.
+//!   `len: u32 LE | crc32(payload): u32 LE | payload` with a postcard (compact binary serde) payload. The
+//!   file is mapped shared and its space reserved ahead (`posix_fallocate`),
+//!   so its tail is zeros, read as the end. A record whose length is zero,
+//!   runs past the end of the file or whose checksum does not match is a
+//!   torn write (the process died mid-append or the machine lost power
+//!   before the page cache reached the disk): it and everything after it are
+//!   dropped at start-up.
 //!
 //! # Durability
 //!
-//! [`SessionStore::apply`] encodes the whole batch and hands it to the kernel
-//! with **one** `write()`: once it returns, the batch is in the page cache and
-//! survives `kill -9` and OOM kills. Surviving power loss needs an `fsync`,
-//! per [`FsyncPolicy`]: after every batch, every interval (default 1 s, by a
-//! background thread), or never. See `docs/adr/0002-journal.md`.
+//! [`SessionStore::apply`] encodes the whole batch in place in the mapping:
+//! once it returns, the batch is in the page cache and survives `kill -9`
+//! and OOM kills, exactly as after a `write()`, without a system call.
+//! Surviving power loss needs an `fsync`, per [`FsyncPolicy`]: after every
+//! batch, every interval (default 1 s, by a background thread, without the
+//! lock), or never. See `docs/adr/0002-journal.md`.
 //!
 //! # Down time
 //!
@@ -31,7 +34,10 @@
 //! of these is [`Recovery::down_since`].
 //!
 //! Compaction (snapshot + empty journal) happens at open, at clean close, and
-//! when the journal grows past [`JournalOptions::compact_bytes`].
+//! when the journal grows past [`JournalOptions::compact_bytes`] (or the last
+//! snapshot's size, if larger). The journal keeps no copy of the state: it
+//! asks for it ([`SessionStore::wants_state`]) and the driver hands over the
+//! engine's records, shared ([`SessionStore::save_state`]).
 //!
 //! ```
 //! use callcontrol_core::journal::{Journal, JournalOptions};

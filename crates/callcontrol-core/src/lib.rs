@@ -7,8 +7,9 @@
 //! - [`engine`]: the state machine without I/O. It is handed requests, backend
 //!   answers and the time, and returns effects, store changes and its next
 //!   deadline.
-//! - [`driver`]: the thin tokio task that owns an engine, performs its effects
-//!   through the backends and exposes a cloneable [`driver::Handle`].
+//! - [`driver`]: runs an engine behind a mutex: requests are served inline
+//!   through a cloneable [`driver::Handle`], and one tokio task fires timers
+//!   and performs the effects through the backends.
 //! - The seams: [`rating::RatingBackend`] (authorise, debit),
 //!   [`signalling::SignallingBackend`] (end a dialog),
 //!   [`store::SessionStore`] (persistence), [`clock::Clock`] (time).

@@ -6,10 +6,11 @@
 //! different connections. So: one task per connection, requests of a
 //! connection served in order (its replies must be in order), every
 //! connection independent of the others — a slow rating answer holds only
-//! the connection waiting for it, since the engine driver serves other
-//! requests meanwhile. Replies are written to a buffer and flushed when no
-//! complete request is left in the input, so a pipelining client gets its
-//! replies in one write.
+//! the connection waiting for it, since the engine serves other requests
+//! meanwhile. Replies are written to a buffer and flushed when no complete
+//! request is left in the input, so a pipelining client gets its replies in
+//! one write. Accepted connections are registered with the reactor for read
+//! readiness only ([`ReadInterestStream`]).
 //!
 //! [`serve_connection`] is generic over `AsyncRead + AsyncWrite`, so tests
 //! can drive it with `tokio::io::duplex`.
