@@ -25,9 +25,11 @@ pub const IDENT: &str = "call-control";
 /// Installs the logger. `debug` lowers the level to `Debug` (which adds the
 /// request/reply traces). Falls back to stderr when syslog is unreachable.
 ///
-/// Lines are formatted where they are logged, queued in memory, and written
-/// every 20 ms by a thread of their own, many per `write()`: the thread that
-/// answers the proxy makes no syscall and wakes no thread to log.
+/// Messages are formatted where they are logged and appended, with their
+/// level and time, to one shared buffer; a thread of its own adds the
+/// prefixes and writes them every 20 ms, many per `write()`: the thread that
+/// answers the proxy makes no syscall, no allocation and wakes no thread to
+/// log.
 /// `log::logger().flush()` writes every line so far (the daemon calls it
 /// before exiting).
 pub fn init(target: LogTarget, debug: bool) {
@@ -48,9 +50,8 @@ pub fn init(target: LogTarget, debug: bool) {
         LogTarget::Journald => Sink::Stderr { journald: true },
     };
     let journald = matches!(sink, Sink::Stderr { journald: true });
-    let syslog = matches!(sink, Sink::Syslog(_));
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Vec::new()),
+        queue: Mutex::new(Queue::default()),
         sink: Mutex::new(sink),
     });
     let writer = shared.clone();
@@ -63,11 +64,7 @@ pub fn init(target: LogTarget, debug: bool) {
     if spawned.is_err() {
         eprintln!("{IDENT}: cannot start the log writer thread");
     }
-    let logger = BufferedLogger {
-        shared,
-        journald,
-        syslog,
-    };
+    let logger = BufferedLogger { shared, journald };
     // Only the first call installs a logger; later calls (tests) keep it.
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
@@ -83,8 +80,32 @@ const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// (lines are never dropped: they are the record of what was done to calls).
 const MAX_QUEUED: usize = 16_384;
 
+/// Lines logged and not written yet: their messages one after the other in
+/// `text`, and for each its level, time (ms since the epoch) and end.
+#[derive(Default)]
+struct Queue {
+    text: String,
+    lines: Vec<(Level, u64, usize)>,
+}
+
+impl Queue {
+    fn push(&mut self, level: Level, at: u64, message: &str) {
+        self.text.push_str(message);
+        self.lines.push((level, at, self.text.len()));
+    }
+    /// The queued lines: level, time, message.
+    fn iter(&self) -> impl Iterator<Item = (Level, u64, &str)> + '_ {
+        let mut start = 0;
+        self.lines.iter().map(move |&(level, at, end)| {
+            let m = &self.text[start..end];
+            start = end;
+            (level, at, m)
+        })
+    }
+}
+
 struct Shared {
-    queue: Mutex<Vec<(Level, String)>>,
+    queue: Mutex<Queue>,
     sink: Mutex<Sink>,
 }
 
@@ -93,22 +114,24 @@ impl Shared {
     /// from the writer thread and from a flush never interleave.
     fn write_queued(&self) {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let lines = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        if lines.is_empty() {
+        let queue = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if queue.lines.is_empty() {
             return;
         }
         match &mut *sink {
-            Sink::Stderr { .. } => {
-                let mut batch = String::with_capacity(lines.iter().map(|(_, l)| l.len()).sum());
-                for (_, l) in &lines {
-                    batch.push_str(l);
+            Sink::Stderr { journald } => {
+                let mut batch = String::with_capacity(queue.text.len() + 24 * queue.lines.len());
+                for (level, at, message) in queue.iter() {
+                    write_prefix(&mut batch, level, at, *journald);
+                    batch.push_str(message);
+                    batch.push('\n');
                 }
                 let mut err = std::io::stderr().lock();
                 let _ = err.write_all(batch.as_bytes());
                 let _ = err.flush();
             }
             Sink::Syslog(l) => {
-                for (level, text) in lines {
+                for (level, _, text) in queue.iter() {
                     let _ = match level {
                         Level::Error => l.err(text),
                         Level::Warn => l.warning(text),
@@ -144,7 +167,6 @@ fn wanted(metadata: &Metadata<'_>) -> bool {
 struct BufferedLogger {
     shared: Arc<Shared>,
     journald: bool,
-    syslog: bool,
 }
 
 impl Log for BufferedLogger {
@@ -155,20 +177,25 @@ impl Log for BufferedLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        // One allocation per line: prefix, message, newline.
-        let mut text = String::with_capacity(160);
-        if !self.syslog {
-            write_prefix(&mut text, record.level(), self.journald);
+        thread_local! {
+            static MESSAGE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        let _ = std::fmt::Write::write_fmt(&mut text, *record.args());
-        if !self.syslog {
-            text.push('\n');
-        }
-        let full = {
+        let at = if self.journald { 0 } else { now_ms() };
+        let queue = |message: &str| {
             let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.push((record.level(), text));
-            q.len() >= MAX_QUEUED
+            q.push(record.level(), at, message);
+            q.lines.len() >= MAX_QUEUED
         };
+        // Formatted outside the queue's lock, into a buffer reused by this
+        // thread (a fresh one if a message's formatting logs in turn).
+        let full = MESSAGE.with(|m| match m.try_borrow_mut() {
+            Ok(mut m) => {
+                m.clear();
+                let _ = std::fmt::Write::write_fmt(&mut *m, *record.args());
+                queue(&m)
+            }
+            Err(_) => queue(&record.args().to_string()),
+        });
         if full {
             self.shared.write_queued();
         }
@@ -178,17 +205,24 @@ impl Log for BufferedLogger {
     }
 }
 
-/// Formats one line for stderr.
+/// Formats one line for stderr, timed now.
 pub fn format_line(level: Level, msg: &str, journald: bool) -> String {
     let mut line = String::with_capacity(msg.len() + 24);
-    write_prefix(&mut line, level, journald);
+    write_prefix(&mut line, level, now_ms(), journald);
     line.push_str(msg);
     line.push('\n');
     line
 }
 
-/// `<N>` (journald: sd-daemon(3) priority) or `hh:mm:ss.mmm LEVEL `.
-fn write_prefix(out: &mut String, level: Level, journald: bool) {
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `<N>` (journald: sd-daemon(3) priority) or `hh:mm:ss.mmm LEVEL ` (UTC),
+/// `at` in ms since the epoch.
+fn write_prefix(out: &mut String, level: Level, at: u64, journald: bool) {
     use std::fmt::Write as _;
     if journald {
         let prio = match level {
@@ -199,10 +233,7 @@ fn write_prefix(out: &mut String, level: Level, journald: bool) {
         };
         let _ = write!(out, "<{prio}>");
     } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let (secs, ms) = (now.as_secs(), now.subsec_millis());
+        let (secs, ms) = (at / 1000, at % 1000);
         // By hand rather than `write!`: this runs for every line logged.
         let digits = |out: &mut String, v: u64, width: u32| {
             for i in (0..width).rev() {
@@ -215,7 +246,7 @@ fn write_prefix(out: &mut String, level: Level, journald: bool) {
         out.push(':');
         digits(out, secs % 60, 2);
         out.push('.');
-        digits(out, u64::from(ms), 3);
+        digits(out, ms, 3);
         out.push(' ');
         out.push_str(match level {
             Level::Error => "ERROR ",
@@ -230,6 +261,34 @@ fn write_prefix(out: &mut String, level: Level, journald: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_is_the_time_of_the_line_and_its_level() {
+        let mut out = String::new();
+        // 01:02:03.045 UTC on 1970-01-02.
+        write_prefix(&mut out, Level::Info, 86_400_000 + 3_723_045, false);
+        assert_eq!(out, "01:02:03.045 INFO  ");
+        out.clear();
+        write_prefix(&mut out, Level::Error, 59, false);
+        assert_eq!(out, "00:00:00.059 ERROR ");
+    }
+
+    #[test]
+    fn queued_lines_keep_their_level_time_and_text() {
+        let mut q = Queue::default();
+        q.push(Level::Info, 1, "first (c1)");
+        q.push(Level::Warn, 2, "");
+        q.push(Level::Error, 3, "third");
+        let got: Vec<(Level, u64, &str)> = q.iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                (Level::Info, 1, "first (c1)"),
+                (Level::Warn, 2, ""),
+                (Level::Error, 3, "third")
+            ]
+        );
+    }
 
     #[test]
     fn journald_lines_carry_the_priority_and_no_timestamp() {
