@@ -278,12 +278,17 @@ impl Engine {
             Vec::with_capacity(self.new_debits.len() + self.dirty.len() + self.debits_done.len());
         out.extend(self.new_debits.drain(..).map(StoreChange::Debit));
         let dirty = &self.dirty;
-        let record =
-            |d: &Dirty, removed: bool| match self.sessions.find(d.hash, &d.id).filter(|_| !removed)
-            {
-                Some(s) => StoreChange::Session(Arc::clone(s)),
-                None => StoreChange::RemoveSession(d.id.clone()),
-            };
+        // A session the store has gets only the fields that change; one
+        // created in this batch, all of it.
+        let record = |d: &Dirty, removed: bool, new: bool| match self
+            .sessions
+            .find(d.hash, &d.id)
+            .filter(|_| !removed)
+        {
+            Some(s) if new => StoreChange::Session(Arc::clone(s)),
+            Some(s) => StoreChange::Update(crate::store::SessionUpdate::of(s)),
+            None => StoreChange::RemoveSession(d.id.clone()),
+        };
         if dirty.len() <= 8 {
             // Small batches (the usual case: one request) dedup by scanning;
             // a session whose last mark is its removal needs no lookup.
@@ -292,13 +297,16 @@ impl Engine {
                     continue;
                 }
                 let last = dirty[i..].iter().rfind(|e| e.id == d.id).unwrap_or(d);
-                out.push(record(d, last.removed));
+                let new = dirty[i..].iter().any(|e| e.id == d.id && e.new);
+                out.push(record(d, last.removed, new));
             }
         } else {
+            let created: std::collections::HashSet<&CallId> =
+                dirty.iter().filter(|d| d.new).map(|d| &d.id).collect();
             let mut seen = std::collections::HashSet::with_capacity(dirty.len());
             for d in dirty {
                 if seen.insert(&d.id) {
-                    out.push(record(d, false));
+                    out.push(record(d, false, created.contains(&d.id)));
                 }
             }
         }
@@ -1171,6 +1179,7 @@ impl Engine {
             id,
             hash,
             removed: false,
+            new: true,
         });
     }
 
@@ -1193,6 +1202,7 @@ impl Engine {
             id: id.clone(),
             hash,
             removed: true,
+            new: false,
         });
         Some(s)
     }
@@ -1208,6 +1218,7 @@ impl Engine {
                 id: id.clone(),
                 hash,
                 removed: false,
+                new: false,
             });
         }
     }
@@ -1599,6 +1610,9 @@ struct Dirty {
     /// The Call-ID's hash in [`Sessions`].
     hash: u64,
     removed: bool,
+    /// Created by this batch: the store gets the whole session, not an
+    /// update of one it has.
+    new: bool,
 }
 
 /// The sessions by Call-ID. The engine hashes a request's Call-ID once

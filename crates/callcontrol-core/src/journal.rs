@@ -1104,6 +1104,32 @@ mod tests {
     }
 
     #[test]
+    fn an_update_replays_onto_the_session_of_the_snapshot_or_the_journal() {
+        let dir = tmp();
+        let mut a = session("a");
+        let mut b = session("b");
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::from(a.clone())]).unwrap();
+            j.compact().unwrap(); // `a` is in the snapshot now
+            j.apply(&[StoreChange::from(b.clone())]).unwrap();
+            for s in [&mut a, &mut b] {
+                s.state = SessionState::InProgress;
+                s.answered = Some(Timestamp(5_000));
+                s.deadline = Some(Timestamp(65_000));
+            }
+            j.apply(&[
+                StoreChange::Update(crate::store::SessionUpdate::of(&a)),
+                StoreChange::Update(crate::store::SessionUpdate::of(&b)),
+            ])
+            .unwrap();
+            // Crash.
+        }
+        let j = Journal::open(&dir, opts()).unwrap();
+        assert_eq!(j.snapshot().sessions, vec![a, b]);
+    }
+
+    #[test]
     fn drops_a_torn_tail_and_keeps_the_rest() {
         let dir = tmp();
         let used;

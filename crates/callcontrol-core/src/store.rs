@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::rating::DebitRequest;
 use crate::session::Session;
-use crate::types::{CallId, Timestamp};
+use crate::types::{CallId, DialogId, SessionState, Timestamp};
 
 /// A debit the engine owes the rating engine until it answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,53 @@ pub enum StoreChange {
     Debit(OwedDebit),
     /// A debit was answered by the rating engine (Ok or Failed).
     DebitDone(u64),
+    /// A session already recorded changed: its fields that can change after
+    /// `init` (the rest never do), so that a `start` is not the whole
+    /// session again.
+    Update(SessionUpdate),
+}
+
+/// The fields of a session that change after it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionUpdate {
+    /// Which session.
+    pub call_id: CallId,
+    /// [`Session::state`].
+    pub state: SessionState,
+    /// [`Session::limit`].
+    pub limit: Option<u64>,
+    /// [`Session::dialog_id`].
+    pub dialog_id: Option<DialogId>,
+    /// [`Session::answered`].
+    pub answered: Option<Timestamp>,
+    /// [`Session::deadline`].
+    pub deadline: Option<Timestamp>,
+    /// [`Session::end_attempts`].
+    pub end_attempts: u32,
+}
+
+impl SessionUpdate {
+    /// The changeable fields of `s`.
+    pub fn of(s: &Session) -> SessionUpdate {
+        SessionUpdate {
+            call_id: s.call_id.clone(),
+            state: s.state,
+            limit: s.limit,
+            dialog_id: s.dialog_id,
+            answered: s.answered,
+            deadline: s.deadline,
+            end_attempts: s.end_attempts,
+        }
+    }
+    /// Sets them on `s`.
+    pub fn apply_to(&self, s: &mut Session) {
+        s.state = self.state;
+        s.limit = self.limit;
+        s.dialog_id = self.dialog_id;
+        s.answered = self.answered;
+        s.deadline = self.deadline;
+        s.end_attempts = self.end_attempts;
+    }
 }
 
 impl From<Session> for StoreChange {
@@ -150,6 +197,11 @@ impl SessionStore for MemoryStore {
                 }
                 StoreChange::DebitDone(seq) => {
                     self.debits.remove(seq);
+                }
+                StoreChange::Update(u) => {
+                    if let Some(slot) = self.sessions.get_mut(u.call_id.as_str()) {
+                        u.apply_to(Arc::make_mut(slot));
+                    }
                 }
             }
         }
