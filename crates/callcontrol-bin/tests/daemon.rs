@@ -288,6 +288,20 @@ async fn kill_9_then_restart_loses_nothing() {
         .collect();
     ids.sort();
     assert_eq!(ids, vec!["k1@h", "k2@h"]);
+    // Each as it was acknowledged: the answered call's `start` (journalled
+    // as an update of its `init` record) was not lost either.
+    let state = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["call_id"] == id)
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state("k1@h"), "in-progress");
+    assert_eq!(state("k2@h"), "pending");
     // And the calls go on: the proxy's stop is recognised.
     let mut w = setup.worker().await;
     assert_eq!(w.stop("k1@h").await.unwrap(), Found::Ok);
