@@ -584,7 +584,14 @@ impl Inner {
         }
         fs::rename(self.dir.join(JOURNAL_FILE), self.dir.join(OLD_JOURNAL_FILE))?;
         let seg = Segment::open(&self.dir.join(JOURNAL_FILE))?;
-        sync_dir(&self.dir);
+        if self.opts.fsync == FsyncPolicy::Always {
+            // Every apply flushes the new journal: its name must be durable
+            // first. Otherwise the background thread makes it durable (with
+            // the snapshot's directory flush) before it next flushes the
+            // journal, and a directory flush under the lock would stall
+            // requests for a disk round trip.
+            sync_dir(&self.dir);
+        }
         let old = std::mem::replace(&mut self.seg, seg);
         self.compacting = true;
         Ok(old.file)
