@@ -52,6 +52,7 @@ pub fn init(target: LogTarget, debug: bool) {
     let journald = matches!(sink, Sink::Stderr { journald: true });
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
+        spare: Mutex::new(Queue::default()),
         sink: Mutex::new(sink),
     });
     let writer = shared.clone();
@@ -106,6 +107,8 @@ impl Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// The buffers last written, kept for the next swap.
+    spare: Mutex<Queue>,
     sink: Mutex<Sink>,
 }
 
@@ -114,8 +117,17 @@ impl Shared {
     /// from the writer thread and from a flush never interleave.
     fn write_queued(&self) {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        // Swapped with the buffers written last time, emptied: the threads
+        // that log keep appending without allocating.
+        let mut queue = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|p| p.into_inner()));
+        queue.text.clear();
+        queue.lines.clear();
+        std::mem::swap(
+            &mut queue,
+            &mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         if queue.lines.is_empty() {
+            *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = queue;
             return;
         }
         match &mut *sink {
@@ -141,6 +153,7 @@ impl Shared {
                 }
             }
         }
+        *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = queue;
     }
 }
 

@@ -337,6 +337,9 @@ async fn run(
     mut events: mpsc::UnboundedReceiver<Event>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
+    // However the driver ends (a panic included), requests are refused from
+    // then on rather than served without timers or backend answers.
+    let _closing = CloseOnDrop(shared.clone());
     shared.lock().flush(&shared, None);
     // One timer and one cancellation future for the whole life of the loop:
     // the timer is only re-armed when the engine's next deadline changes,
@@ -424,6 +427,18 @@ async fn run(
     core.pending.clear();
     let state = core.engine.shared_state();
     core.store.close_with(state)
+}
+
+/// Marks the engine closed and drops the replies owed (their callers get
+/// [`DriverError::Stopped`]) when the driver task ends.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let mut core = self.0.lock();
+        core.closed = true;
+        core.pending.clear();
+    }
 }
 
 impl Core {

@@ -1434,7 +1434,15 @@ impl Engine {
             );
             let hash = self.sessions.hash(&s.call_id);
             let party_hash = self.parties.hash(s.party.as_str());
+            let changed = s.state == SessionState::EndFailed;
             self.insert_session(hash, party_hash, s, deadline);
+            if !changed {
+                // The store has it as it is: no need to record it again (a
+                // restart with many sessions would write one huge record).
+                self.dirty.pop();
+            } else if let Some(d) = self.dirty.last_mut() {
+                d.new = false;
+            }
         }
         for owed in snapshot.debits {
             self.next_debit = self.next_debit.max(owed.seq + 1);

@@ -198,9 +198,12 @@ struct Inner {
     dirty: bool,
     last_write: Instant,
     closed: bool,
-    /// A write failed: the journal on disk misses a batch, so the state the
-    /// driver hands over next is written as a whole snapshot at once.
+    /// A write failed: the journal on disk misses a batch, so nothing more
+    /// is appended (it would leave a gap) until the state the driver hands
+    /// over is written as a whole snapshot.
     failed: bool,
+    /// While `failed`: when to ask for the state again.
+    retry_at: Instant,
     /// A background compaction is writing a snapshot.
     compacting: bool,
     /// Size of the last snapshot written.
@@ -270,10 +273,14 @@ fn write_snapshot(
     };
     let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    {
-        let mut f = create_private(&tmp, true)?;
+    let written = create_private(&tmp, true).and_then(|mut f| {
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A partial temporary file would hold on to the disk space.
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
     }
     fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
     sync_dir(dir);
@@ -339,7 +346,14 @@ impl Journal {
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, StoreError> {
         fs::create_dir_all(dir)?;
         let (snapshot, mut recovery) = recover(dir)?;
-        let seg = Segment::open(&dir.join(JOURNAL_FILE))?;
+        // Not emptied yet: the compaction below empties it only once the
+        // snapshot that replaces it is written.
+        let seg = Segment {
+            file: create_private(&dir.join(JOURNAL_FILE), false)?,
+            map: None,
+            len: 0,
+            cap: 0,
+        };
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             seg,
@@ -348,6 +362,7 @@ impl Journal {
             last_write: Instant::now(),
             closed: false,
             failed: false,
+            retry_at: Instant::now(),
             compacting: false,
             snapshot_bytes: 0,
         };
@@ -441,6 +456,14 @@ impl SessionStore for Journal {
         }
         self.loaded = None;
         let mut inner = lock(&self.inner);
+        if inner.failed {
+            // Appending after a lost batch would leave a gap in the middle;
+            // the state handed over next holds this batch too.
+            if Instant::now() >= inner.retry_at {
+                self.flags.due.store(true, Ordering::Release);
+            }
+            return Ok(());
+        }
         let appended = inner.append(&Record::Changes {
             at: wall_ms(),
             changes: std::borrow::Cow::Borrowed(changes),
@@ -476,16 +499,34 @@ impl SessionStore for Journal {
     }
 
     fn save_state(&mut self, state: SharedState) -> Result<(), StoreError> {
-        let mut inner = lock(&self.inner);
         self.flags.due.store(false, Ordering::Release);
-        if inner.failed || inner.dir.join(OLD_JOURNAL_FILE).exists() {
+        let whole = {
+            let inner = lock(&self.inner);
+            inner.failed || inner.dir.join(OLD_JOURNAL_FILE).exists()
+        };
+        if whole {
             // After a failed write, or if a background compaction did not
-            // finish: a whole compaction, now.
+            // finish: a whole compaction, now. (A background compaction
+            // still queued finds `.old` gone and gives way.)
             let _files = lock(&self.flags.files);
-            inner.compact(shared_out(&state), false, None)?;
-            inner.failed = false;
-            return Ok(());
+            let mut inner = lock(&self.inner);
+            return match inner.compact(shared_out(&state), false, None) {
+                Ok(()) => {
+                    if inner.failed {
+                        info!("Session journal writable again: full snapshot written");
+                    }
+                    inner.failed = false;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Nothing is appended meanwhile; asked again in a second.
+                    inner.failed = true;
+                    inner.retry_at = Instant::now() + Duration::from_secs(1);
+                    Err(e)
+                }
+            };
         }
+        let mut inner = lock(&self.inner);
         let old = inner.rotate()?;
         match &self.tx {
             Some(tx) if tx.send(Msg::Compact(state, old)).is_ok() => Ok(()),
@@ -593,6 +634,9 @@ impl Inner {
             sync_dir(&self.dir);
         }
         let old = std::mem::replace(&mut self.seg, seg);
+        // The renamed journal is flushed by the background thread before it
+        // flushes anything newer.
+        self.dirty = false;
         self.compacting = true;
         Ok(old.file)
     }
@@ -643,13 +687,20 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Ms
                 let dir = lock(&inner).dir.clone();
                 let result = {
                     let _files = lock(&flags.files);
-                    finish_compaction(&dir, &state, old)
+                    if dir.join(OLD_JOURNAL_FILE).exists() {
+                        finish_compaction(&dir, &state, old).map(Some)
+                    } else {
+                        // A whole compaction since (after a failed write)
+                        // wrote a newer snapshot: this one would undo it.
+                        Ok(None)
+                    }
                 };
                 drop(state);
                 let mut i = lock(&inner);
                 i.compacting = false;
                 match result {
-                    Ok(bytes) => i.snapshot_bytes = bytes,
+                    Ok(Some(bytes)) => i.snapshot_bytes = bytes,
+                    Ok(None) => {}
                     Err(e) => {
                         error!("Session journal: compaction failed, retrying in full: {e}");
                         flags.due.store(true, Ordering::Release);
@@ -670,7 +721,9 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Ms
                 error!("Session journal: could not write heartbeat: {e}");
             }
         }
-        if matches!(i.opts.fsync, FsyncPolicy::Interval(_)) && i.dirty {
+        // Not while a compaction is queued: the renamed journal must reach
+        // the disk before anything newer does.
+        if matches!(i.opts.fsync, FsyncPolicy::Interval(_)) && i.dirty && !i.compacting {
             // The flush runs without the lock (it can take milliseconds on a
             // busy disk, and every request appends under the lock). A record
             // appended meanwhile marks the journal dirty again.
@@ -763,6 +816,14 @@ impl Segment {
             let start = self.len;
             if let Some(map) = self.map.as_mut().filter(|_| start + 8 < self.cap) {
                 match postcard::to_slice(record, &mut map[start + 8..]) {
+                    Ok(payload) if payload.len() > MAX_RECORD as usize => {
+                        // Replay would refuse it as corrupt: fail instead (the
+                        // state is then written as a whole snapshot).
+                        map[start..].fill(0);
+                        return Err(StoreError::Corrupt(format!(
+                            "journal record larger than {MAX_RECORD} bytes"
+                        )));
+                    }
                     Ok(payload) => {
                         let n = payload.len();
                         let crc = crc32(payload);
@@ -1134,6 +1195,27 @@ mod tests {
         }
         let j = Journal::open(&dir, opts()).unwrap();
         assert_eq!(j.snapshot().sessions, vec![a, b]);
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_written_at_open_leaves_the_journal_whole() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::from(session("a"))]).unwrap();
+            j.apply(&[StoreChange::Debit(debit(1, "a"))]).unwrap();
+            // Crash.
+        }
+        // The start-up compaction cannot write its snapshot (here: the
+        // temporary file's name is taken by a directory).
+        let tmp_name = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        fs::create_dir(&tmp_name).unwrap();
+        assert!(Journal::open(&dir, opts()).is_err());
+        fs::remove_dir(&tmp_name).unwrap();
+        let j = Journal::open(&dir, opts()).unwrap();
+        let s = j.snapshot();
+        assert_eq!(s.sessions.len(), 1, "the journal was not emptied first");
+        assert_eq!(s.debits, vec![debit(1, "a")]);
     }
 
     #[test]

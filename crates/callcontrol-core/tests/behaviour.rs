@@ -1563,3 +1563,43 @@ fn answered_calls_end_at_their_limit_whether_shorter_or_longer_than_the_setup_ti
     assert_eq!(h.state_of("never"), None);
     assert_eq!(h.engine.stats().setup_timeouts, 1);
 }
+
+#[test]
+fn a_restore_records_only_what_it_changed() {
+    let config = EngineConfig {
+        limit: Some(60),
+        ..Default::default()
+    };
+    let mut e = Engine::new(config.clone());
+    let t0 = Timestamp(1_000_000);
+    for (token, id) in [(1, "p"), (2, "q"), (3, "r")] {
+        e.handle(t0, token, Request::Init(call(id)));
+    }
+    for (token, id) in [(4, "q"), (5, "r")] {
+        let start = StartRequest {
+            call_id: CallId::new(id),
+            dialog_id: None,
+        };
+        e.handle(t0, token, Request::Start(start));
+    }
+    let mut store = MemoryStore::new();
+    store.apply(&e.take_changes()).unwrap();
+    let mut snapshot = store.snapshot();
+    // `r` was being ended when the daemon stopped.
+    for s in &mut snapshot.sessions {
+        if s.call_id.as_str() == "r" {
+            s.state = SessionState::Ending;
+        }
+    }
+    let mut restored = Engine::new(config);
+    restored.restore(t0.plus_secs(5), snapshot);
+    assert_eq!(restored.sessions().count(), 3);
+    // Pending and answered sessions are in the store as they are; `r` is
+    // now one whose end must be retried, and the store is told so.
+    let changes = restored.take_changes();
+    let [StoreChange::Update(u)] = &changes[..] else {
+        panic!("{changes:?}");
+    };
+    assert_eq!(u.call_id.as_str(), "r");
+    assert_eq!(u.state, SessionState::EndFailed);
+}
