@@ -54,9 +54,8 @@ pub struct Status {
     pub requests_waiting: u64,
 }
 
-enum Command {
-    Request(Request, oneshot::Sender<Reply>),
-}
+/// A request sent to the driver task (group commit), with where its reply goes.
+type Command = (Request, oneshot::Sender<Reply>);
 
 enum Event {
     Authorised(u64, Result<Authorisation, RatingError>),
@@ -119,7 +118,7 @@ impl Handle {
         if self.shared.batched {
             let (tx, rx) = oneshot::channel();
             self.tx
-                .send(Command::Request(request, tx))
+                .send((request, tx))
                 .await
                 .map_err(|_| DriverError::Stopped)?;
             return rx.await.map_err(|_| DriverError::Stopped);
@@ -134,13 +133,13 @@ impl Handle {
             let now = self.shared.clock.now();
             core.fire_due_timers(now);
             core.engine.handle(now, token, request);
-            if let Some(reply) = core.flush(&self.shared, Some(token)) {
-                core.wake_driver_if_sooner(&self.shared);
+            let reply = core.flush(&self.shared, Some(token));
+            core.wake_driver_if_sooner(&self.shared);
+            if let Some(reply) = reply {
                 return Ok(reply);
             }
             let (tx, rx) = oneshot::channel();
             core.pending.insert(token, tx);
-            core.wake_driver_if_sooner(&self.shared);
             rx
         };
         rx.await.map_err(|_| DriverError::Stopped)
@@ -352,12 +351,11 @@ async fn run(
         let armed = {
             let mut core = shared.lock();
             let now = shared.clock.now();
-            let next = core.engine.poll_timeout();
-            if next.is_some_and(|t| t <= now) {
-                core.engine.handle_timeout(now);
+            if core.fire_due_timers(now) {
                 core.flush(&shared, None);
                 continue;
             }
+            let next = core.engine.poll_timeout();
             if next != core.armed {
                 if let Some(t) = next {
                     let wait = Duration::from_millis(t.millis_since(now));
@@ -442,16 +440,12 @@ impl Drop for CloseOnDrop {
 }
 
 impl Core {
-    fn command(&mut self, shared: &Shared, cmd: Command) {
-        match cmd {
-            Command::Request(req, reply) => {
-                let token = self.next_token;
-                self.next_token += 1;
-                self.pending.insert(token, reply);
-                let now = shared.clock.now();
-                self.engine.handle(now, token, req);
-            }
-        }
+    fn command(&mut self, shared: &Shared, (req, reply): Command) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(token, reply);
+        let now = shared.clock.now();
+        self.engine.handle(now, token, req);
     }
 
     /// Fires the engine's timers that are due (the driver's timer may not

@@ -348,12 +348,7 @@ impl Journal {
         let (snapshot, mut recovery) = recover(dir)?;
         // Not emptied yet: the compaction below empties it only once the
         // snapshot that replaces it is written.
-        let seg = Segment {
-            file: create_private(&dir.join(JOURNAL_FILE), false)?,
-            map: None,
-            len: 0,
-            cap: 0,
-        };
+        let seg = Segment::create(&dir.join(JOURNAL_FILE))?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             seg,
@@ -772,14 +767,19 @@ struct Segment {
 }
 
 impl Segment {
-    /// Opens (creating) `path` and empties it.
-    fn open(path: &Path) -> io::Result<Segment> {
-        let mut seg = Segment {
+    /// Opens (creating) `path`, as it is and not mapped yet.
+    fn create(path: &Path) -> io::Result<Segment> {
+        Ok(Segment {
             file: create_private(path, false)?,
             map: None,
             len: 0,
             cap: 0,
-        };
+        })
+    }
+
+    /// Opens (creating) `path` and empties it.
+    fn open(path: &Path) -> io::Result<Segment> {
+        let mut seg = Segment::create(path)?;
         seg.reset()?;
         Ok(seg)
     }

@@ -168,24 +168,29 @@ fn run_server(path: &Path, echo: bool, threads: usize) {
             return echo_server(listener).await;
         }
         let shutdown = CancellationToken::new();
-        let running = driver::spawn(
-            Parts {
-                config: EngineConfig {
-                    limit: Some(3600),
-                    ..Default::default()
-                },
-                rating: Arc::new(NoRating),
-                signalling: Arc::new(LogSignalling),
-                store: Box::new(MemoryStore::new()),
-                clock: Arc::new(TokioClock::new()),
-            },
-            shutdown.clone(),
-        )
-        .expect("engine");
+        let running = fixed_limit_engine(shutdown.clone());
         serve(listener, running.handle, ServerConfig::default(), shutdown)
             .await
             .expect("serve");
     });
+}
+
+/// The in-process engine: a fixed 3600 s limit, state in memory.
+fn fixed_limit_engine(shutdown: CancellationToken) -> Running {
+    driver::spawn(
+        Parts {
+            config: EngineConfig {
+                limit: Some(3600),
+                ..Default::default()
+            },
+            rating: Arc::new(NoRating),
+            signalling: Arc::new(LogSignalling),
+            store: Box::new(MemoryStore::new()),
+            clock: Arc::new(TokioClock::new()),
+        },
+        shutdown,
+    )
+    .expect("engine")
 }
 
 /// The baseline: answers every request with the right reply string, keeps
@@ -284,20 +289,7 @@ async fn recv(fd: &AsyncFd<StdUnixStream>, buf: &mut [u8]) -> io::Result<usize> 
 /// The engine and driver alone, without sockets: 8 tasks calling the
 /// handle directly, one call (init + start + stop) after the other.
 async fn engine_only() {
-    let running = driver::spawn(
-        Parts {
-            config: EngineConfig {
-                limit: Some(3600),
-                ..Default::default()
-            },
-            rating: Arc::new(NoRating),
-            signalling: Arc::new(LogSignalling),
-            store: Box::new(MemoryStore::new()),
-            clock: Arc::new(TokioClock::new()),
-        },
-        CancellationToken::new(),
-    )
-    .expect("engine");
+    let running = fixed_limit_engine(CancellationToken::new());
     let t0 = Instant::now();
     let cpu0 = cpu_of(std::process::id());
     let per_task = 50_000u64;

@@ -391,14 +391,23 @@ fn parse_lines(
     };
     // Line ends are ASCII, so every span is on char boundaries.
     let params = spans[1..].iter().map(|&(start, end)| &text[start..end]);
-    match command {
-        Command::Init => fold::<cmd::init::InitFields>(params, "init"),
-        Command::Start => fold::<cmd::start::StartFields>(params, "start"),
-        Command::Stop => fold::<cmd::stop::StopFields>(params, "stop"),
-        Command::Debug => fold::<cmd::debug::DebugFields>(params, "debug"),
-        Command::Terminate => fold::<cmd::terminate::TerminateFields>(params, "terminate"),
-        Command::Unknown => parse_block(block),
-    }
+    fold_command(command, params).unwrap_or_else(|| parse_block(block))
+}
+
+/// The request of a known `command` from its parameter lines (`None` for
+/// [`Command::Unknown`]).
+fn fold_command<'a>(
+    command: Command,
+    lines: impl Iterator<Item = &'a str>,
+) -> Option<Result<Request, ProtocolError>> {
+    Some(match command {
+        Command::Init => fold::<cmd::init::InitFields>(lines, "init"),
+        Command::Start => fold::<cmd::start::StartFields>(lines, "start"),
+        Command::Stop => fold::<cmd::stop::StopFields>(lines, "stop"),
+        Command::Debug => fold::<cmd::debug::DebugFields>(lines, "debug"),
+        Command::Terminate => fold::<cmd::terminate::TerminateFields>(lines, "terminate"),
+        Command::Unknown => return None,
+    })
 }
 
 /// Feeds the parameter lines of a `command` block to its [`Fields`].
@@ -430,14 +439,8 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
     })?;
     let mut lines = Lines { text, pos: 0 };
     let word = lines.next().unwrap_or("");
-    match Command::of(word.as_bytes()) {
-        Command::Init => fold::<cmd::init::InitFields>(lines, "init"),
-        Command::Start => fold::<cmd::start::StartFields>(lines, "start"),
-        Command::Stop => fold::<cmd::stop::StopFields>(lines, "stop"),
-        Command::Debug => fold::<cmd::debug::DebugFields>(lines, "debug"),
-        Command::Terminate => fold::<cmd::terminate::TerminateFields>(lines, "terminate"),
-        Command::Unknown => Err(ProtocolError::UnknownCommand(truncate(word, 64))),
-    }
+    fold_command(Command::of(word.as_bytes()), lines)
+        .unwrap_or_else(|| Err(ProtocolError::UnknownCommand(truncate(word, 64))))
 }
 
 /// The non-blank lines of a block, trimmed.

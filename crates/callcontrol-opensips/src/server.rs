@@ -356,22 +356,23 @@ impl ReadInterestStream {
     }
 
     fn io(&self) -> io::Result<&AsyncFd<std::os::unix::net::UnixStream>> {
-        self.io
-            .as_ref()
-            .ok_or_else(|| io::Error::other("connection lost its registration"))
+        self.io.as_ref().ok_or_else(lost_registration)
     }
 
     /// From now on, also wait for write readiness.
     fn register_writable(&mut self) -> io::Result<()> {
         debug!("A call_control client is not reading its replies: waiting until it does");
-        let Some(io) = self.io.take() else {
-            return Err(io::Error::other("connection lost its registration"));
-        };
+        let io = self.io.take().ok_or_else(lost_registration)?;
         let std = io.into_inner();
         self.io = Some(register(std, Interest::READABLE | Interest::WRITABLE)?);
         self.writable = true;
         Ok(())
     }
+}
+
+/// A failed re-registration left the connection without one.
+fn lost_registration() -> io::Error {
+    io::Error::other("connection lost its registration")
 }
 
 /// Registers a connection with the reactor.
@@ -393,9 +394,7 @@ impl AsyncRead for ReadInterestStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(io) = this.io.as_ref() else {
-            return Poll::Ready(Err(io::Error::other("connection lost its registration")));
-        };
+        let io = this.io.as_ref().ok_or_else(lost_registration)?;
         let want = buf.remaining().min(this.scratch.len());
         let scratch = &mut this.scratch[..want];
         loop {

@@ -19,6 +19,28 @@ pub(crate) fn none_or(v: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The only key of `stop` and `terminate`: `callid`, required.
+#[derive(Default)]
+pub(crate) struct CallIdField<'a>(Option<&'a str>);
+
+impl<'a> CallIdField<'a> {
+    /// Takes `value` if `key` is `callid` (the last one wins).
+    pub(crate) fn set(&mut self, key: &'a str, value: &'a str) {
+        if is_callid(key) {
+            self.0 = Some(value);
+        }
+    }
+    /// The Call-ID, or the error naming `command`.
+    pub(crate) fn require(
+        self,
+        command: &'static str,
+    ) -> Result<callcontrol_core::types::CallId, crate::error::ProtocolError> {
+        self.0
+            .map(callcontrol_core::types::CallId::new)
+            .ok_or(crate::error::ProtocolError::MissingKey("callid", command))
+    }
+}
+
 /// Whether a key is `callid` (any case).
 pub(crate) fn is_callid(key: &str) -> bool {
     key.len() == 6 && crate::codec::eq_key(key.as_bytes(), "callid")

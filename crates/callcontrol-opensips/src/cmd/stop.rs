@@ -1,29 +1,22 @@
 //! `stop`: the dialog ended, for whatever reason.
 
 use callcontrol_core::request::Request;
-use callcontrol_core::types::CallId;
 
+use super::CallIdField;
 use crate::codec::Fields;
 use crate::error::ProtocolError;
 
 /// `callid` is required.
 #[derive(Default)]
-pub(crate) struct StopFields<'a> {
-    call_id: Option<&'a str>,
-}
+pub(crate) struct StopFields<'a>(CallIdField<'a>);
 
 impl<'a> Fields<'a> for StopFields<'a> {
     fn set(&mut self, key: &'a str, value: &'a str) {
-        if super::is_callid(key) {
-            self.call_id = Some(value);
-        }
+        self.0.set(key, value);
     }
     fn finish(self) -> Result<Request, ProtocolError> {
-        let call_id = self
-            .call_id
-            .ok_or(ProtocolError::MissingKey("callid", "stop"))?;
         Ok(Request::Stop {
-            call_id: CallId::new(call_id),
+            call_id: self.0.require("stop")?,
         })
     }
 }
