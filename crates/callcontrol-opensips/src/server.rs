@@ -17,9 +17,10 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, I
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use callcontrol_core::driver::Handle;
 use callcontrol_core::error::DriverError;
@@ -137,9 +138,10 @@ pub(crate) fn restrict_to_group(path: &Path, group: Option<&str>) {
 /// the requests they are serving before dropping them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves connections until `shutdown` is cancelled, then lets every
-/// connection finish the request it is serving (for at most
-/// [`SHUTDOWN_GRACE`]), and removes the socket file.
+/// Serves connections until `shutdown` is cancelled, then ends every
+/// connection's reading (`shutdown(2)`): each answers what its client had
+/// sent, including a request waiting for the rating engine, and closes (for
+/// at most [`SHUTDOWN_GRACE`]). Then the socket file is removed.
 pub async fn serve(
     listener: UnixListener,
     handle: Handle,
@@ -149,6 +151,8 @@ pub async fn serve(
     // Connection tasks; aborted if still busy when the shutdown grace
     // period is over (a client that does not read its replies).
     let mut tasks = JoinSet::new();
+    // The open connections' sockets, to end their reading at shutdown.
+    let mut open: Vec<Weak<StdUnixStream>> = Vec::new();
     let limit =
         (config.max_connections > 0).then(|| Arc::new(Semaphore::new(config.max_connections)));
     let config = Arc::new(config);
@@ -187,15 +191,23 @@ pub async fn serve(
                 continue;
             }
         };
-        let (handle, config, shutdown) = (handle.clone(), config.clone(), shutdown.clone());
+        let (handle, config) = (handle.clone(), config.clone());
         // Reap the connections that have closed.
         while tasks.try_join_next().is_some() {}
+        open.retain(|s| s.strong_count() > 0);
+        open.push(stream.socket());
         tasks.spawn(async move {
             let _permit = permit;
-            if let Err(e) = serve_connection(stream, handle, &config, shutdown).await {
+            if let Err(e) = serve_stream(stream, handle, &config, None).await {
                 info!("call_control connection closed: {e}");
             }
         });
+    }
+    // Each connection reads what its client had sent, answers it, then
+    // reads the end of the stream and closes. A connection waits for no
+    // cancellation signal while it reads: that would cost a poll per read.
+    for socket in open.iter().filter_map(Weak::upgrade) {
+        let _ = socket.shutdown(std::net::Shutdown::Read);
     }
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
@@ -231,12 +243,26 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut stream = BufWriter::with_capacity(8 * 1024, stream);
-    let mut decoder = Decoder::new();
-    let mut out = Vec::with_capacity(256);
     // Registered once for the connection's life, not once per read.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    serve_stream(stream, handle, config, Some(cancelled)).await
+}
+
+/// [`serve_connection`], with the shutdown signal optional: the server's
+/// own connections get none (it ends their reading instead).
+async fn serve_stream<S>(
+    stream: S,
+    handle: Handle,
+    config: &ServerConfig,
+    mut cancelled: Option<Pin<&mut WaitForCancellationFuture<'_>>>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = BufWriter::with_capacity(8 * 1024, stream);
+    let mut decoder = Decoder::new();
+    let mut out = Vec::with_capacity(256);
     loop {
         while let Some(frame) = decoder.decode() {
             match frame {
@@ -310,9 +336,13 @@ where
         }
         let buf = decoder.buffer_mut();
         buf.reserve(4096);
-        let n = tokio::select! {
-            r = stream.read_buf(buf) => r?,
-            _ = &mut cancelled => return Ok(()),
+        let n = match cancelled.as_mut() {
+            Some(cancelled) => tokio::select! {
+                biased;
+                r = stream.read_buf(buf) => r?,
+                _ = cancelled => return Ok(()),
+            },
+            None => stream.read_buf(buf).await?,
         };
         if n == 0 {
             if decoder.in_request() {
@@ -336,7 +366,7 @@ where
 /// socket buffer is full (a client that does not read) is the connection
 /// registered for write readiness too, and it stays so.
 pub struct ReadInterestStream {
-    io: Option<AsyncFd<std::os::unix::net::UnixStream>>,
+    io: Option<AsyncFd<Arc<StdUnixStream>>>,
     writable: bool,
     /// Read into, then copied out: the caller's buffer is uninitialised
     /// memory, and zeroing it on every read would cost more than the copy.
@@ -349,14 +379,21 @@ impl ReadInterestStream {
         let std = stream.into_std()?;
         std.set_nonblocking(true)?;
         Ok(ReadInterestStream {
-            io: Some(register(std, Interest::READABLE)?),
+            io: Some(register(Arc::new(std), Interest::READABLE)?),
             writable: false,
             scratch: vec![0; 8 * 1024].into_boxed_slice(),
         })
     }
 
-    fn io(&self) -> io::Result<&AsyncFd<std::os::unix::net::UnixStream>> {
+    fn io(&self) -> io::Result<&AsyncFd<Arc<StdUnixStream>>> {
         self.io.as_ref().ok_or_else(lost_registration)
+    }
+
+    /// The socket, for the server to end its reading at shutdown.
+    fn socket(&self) -> Weak<StdUnixStream> {
+        self.io
+            .as_ref()
+            .map_or_else(Weak::new, |io| Arc::downgrade(io.get_ref()))
     }
 
     /// From now on, also wait for write readiness.
@@ -378,12 +415,15 @@ fn lost_registration() -> io::Error {
 /// Registers a connection with the reactor.
 #[allow(unsafe_code)]
 fn register(
-    stream: std::os::unix::net::UnixStream,
+    stream: Arc<StdUnixStream>,
     interest: Interest,
-) -> io::Result<AsyncFd<std::os::unix::net::UnixStream>> {
+) -> io::Result<AsyncFd<Arc<StdUnixStream>>> {
     // SAFETY: the `UnixStream` owns its file descriptor, and it is neither
     // closed nor replaced while registered: it moves into the `AsyncFd` and
-    // comes out only through `into_inner`, which deregisters it first.
+    // comes out only through `into_inner`, which deregisters it first. The
+    // other holders of the `Arc` (the server, briefly, at shutdown) only
+    // call `shutdown(2)` on it, which does not close the descriptor, and
+    // it is closed only when the last of them lets go.
     unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(io::Error::from)
 }
 
@@ -399,7 +439,7 @@ impl AsyncRead for ReadInterestStream {
         let scratch = &mut this.scratch[..want];
         loop {
             let mut guard = ready!(io.poll_read_ready(cx))?;
-            match guard.try_io(|s| s.get_ref().read(scratch)) {
+            match guard.try_io(|s| (&**s.get_ref()).read(scratch)) {
                 Ok(Ok(n)) => {
                     // A short read drained the socket: wait for the next
                     // event rather than find out with one more read.
@@ -426,12 +466,12 @@ impl AsyncWrite for ReadInterestStream {
             if self.writable {
                 let io = self.io()?;
                 let mut guard = ready!(io.poll_write_ready(cx))?;
-                match guard.try_io(|s| s.get_ref().write(data)) {
+                match guard.try_io(|s| (&**s.get_ref()).write(data)) {
                     Ok(r) => return Poll::Ready(r),
                     Err(_would_block) => continue,
                 }
             }
-            match self.io()?.get_ref().write(data) {
+            match (&**self.io()?.get_ref()).write(data) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.register_writable()?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return Poll::Ready(r),

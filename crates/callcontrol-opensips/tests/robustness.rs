@@ -150,6 +150,40 @@ async fn a_slow_rating_answer_does_not_delay_another_connection() {
     assert_eq!(slow_task.await.unwrap().unwrap(), InitReply::Limited);
 }
 
+/// At shutdown an idle connection is closed at once, and one waiting for
+/// the rating engine gets its answer first; nothing waits for the grace
+/// period (virtual time: the 400 ms answer is the only wait).
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_idle_connections_and_answers_busy_ones() {
+    use callcontrol_opensips::server::SHUTDOWN_GRACE;
+    use tokio::io::AsyncReadExt;
+    let d = daemon().await;
+    d.rating.push_authorise(Scripted::after(
+        Duration::from_millis(400),
+        Ok(Authorisation::prepaid(60)),
+    ));
+    let mut idle = UnixStream::connect(&d.socket).await.unwrap();
+    let mut busy = Worker::connect(&d.socket).await.unwrap();
+    let busy_task = tokio::spawn(async move {
+        let reply = busy
+            .init(opensips_init("prepaid", "carol").prepaid(true))
+            .await;
+        (reply, busy)
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let t0 = tokio::time::Instant::now();
+    d.shutdown.cancel();
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.read(&mut byte).await.unwrap(), 0);
+    assert!(t0.elapsed() < Duration::from_millis(390));
+    assert!(!busy_task.is_finished());
+    let (reply, _busy) = busy_task.await.unwrap();
+    assert_eq!(reply.unwrap(), InitReply::Limited);
+    d.server.await.unwrap().unwrap();
+    assert!(t0.elapsed() < SHUTDOWN_GRACE);
+    assert!(!d.socket.exists());
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let d = daemon().await;
