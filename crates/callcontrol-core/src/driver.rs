@@ -37,7 +37,7 @@ use crate::request::{
 };
 use crate::session::SessionInfo;
 use crate::signalling::{EndOutcome, LiveDialog, SignallingBackend};
-use crate::store::SessionStore;
+use crate::store::{SessionStore, StoreChange};
 use crate::types::{CallId, Timestamp};
 
 /// A summary of the engine, for health and metrics.
@@ -95,6 +95,8 @@ struct Core {
     armed: Option<Timestamp>,
     /// The driver is stopping: new requests are refused.
     closed: bool,
+    /// The changes being persisted (kept for its allocation).
+    changes: Vec<StoreChange>,
 }
 
 /// A cheap, cloneable handle to a running engine.
@@ -312,6 +314,7 @@ pub fn spawn_reconciled(
             next_token: 1,
             armed: None,
             closed: false,
+            changes: Vec::new(),
         }),
         rearm: Notify::new(),
         rating: parts.rating,
@@ -500,10 +503,13 @@ impl Core {
     /// being sent to a waiting handle.
     fn flush(&mut self, shared: &Shared, mine: Option<Token>) -> Option<Reply> {
         if self.engine.has_changes() {
-            let changes = self.engine.take_changes();
+            let mut changes = std::mem::take(&mut self.changes);
+            self.engine.take_changes_into(&mut changes);
             if let Err(e) = self.store.apply(&changes) {
                 error!("Could not persist {} session changes: {e}", changes.len());
             }
+            changes.clear();
+            self.changes = changes;
             if self.store.wants_state() {
                 let state = self.engine.shared_state();
                 if let Err(e) = self.store.save_state(state) {

@@ -271,11 +271,18 @@ impl Engine {
     /// The durable-state changes since the last call. The driver must persist
     /// them before it performs the effects that follow (replies acknowledge).
     pub fn take_changes(&mut self) -> Vec<StoreChange> {
+        let mut out = Vec::new();
+        self.take_changes_into(&mut out);
+        out
+    }
+
+    /// [`Engine::take_changes`], appended to `out`: a driver reuses one
+    /// buffer rather than allocate one per request.
+    pub fn take_changes_into(&mut self, out: &mut Vec<StoreChange>) {
         // Owed debits come first: if a store loses the tail of a batch, a
         // session may come back (and be debited again, which the rating
         // engine refuses as a repeat) but a debit is never lost.
-        let mut out =
-            Vec::with_capacity(self.new_debits.len() + self.dirty.len() + self.debits_done.len());
+        out.reserve(self.new_debits.len() + self.dirty.len() + self.debits_done.len());
         out.extend(self.new_debits.drain(..).map(StoreChange::Debit));
         let dirty = &self.dirty;
         // A session the store has gets only the fields that change; one
@@ -312,7 +319,6 @@ impl Engine {
         }
         self.dirty.clear();
         out.extend(self.debits_done.drain(..).map(StoreChange::DebitDone));
-        out
     }
 
     /// Whether changes are waiting to be persisted.
