@@ -55,7 +55,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -304,7 +304,9 @@ fn snapshot_out(state: &Snapshot) -> StateOut<'_> {
 enum Msg {
     /// Finish a compaction: flush the renamed journal, write this state as
     /// the snapshot, remove the renamed journal.
-    Compact(SharedState, File),
+    Compact(SharedState, Arc<File>),
+    /// The writer nears the end of the pages populated for it.
+    Populate,
 }
 
 /// The durable session store. See the module docs.
@@ -348,7 +350,8 @@ impl Journal {
         let (snapshot, mut recovery) = recover(dir)?;
         // Not emptied yet: the compaction below empties it only once the
         // snapshot that replaces it is written.
-        let seg = Segment::create(&dir.join(JOURNAL_FILE))?;
+        let ahead = Arc::new(Ahead::new(opts.fsync != FsyncPolicy::Always));
+        let seg = Segment::create(&dir.join(JOURNAL_FILE), ahead.clone())?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             seg,
@@ -377,7 +380,7 @@ impl Journal {
             let (inner, flags) = (inner.clone(), flags.clone());
             std::thread::Builder::new()
                 .name("journal-sync".into())
-                .spawn(move || background(inner, flags, rx))?
+                .spawn(move || background(inner, flags, &ahead, rx))?
         };
         recovery.down_since = recovery.down_since.filter(|t| t.0 > 0);
         Ok(Journal {
@@ -470,6 +473,11 @@ impl SessionStore for Journal {
             inner.failed = true;
             self.flags.due.store(true, Ordering::Release);
             return Ok(());
+        }
+        if inner.seg.wants_population() {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(Msg::Populate);
+            }
         }
         if inner.opts.fsync == FsyncPolicy::Always {
             inner.seg.file.sync_data()?;
@@ -614,12 +622,12 @@ impl Inner {
     /// new one started (a few syscalls). The background thread then flushes
     /// the renamed journal and writes the snapshot, without the lock, so
     /// `apply` never waits for either.
-    fn rotate(&mut self) -> Result<File, StoreError> {
+    fn rotate(&mut self) -> Result<Arc<File>, StoreError> {
         if self.opts.fsync == FsyncPolicy::Always {
             self.seg.file.sync_data()?;
         }
         fs::rename(self.dir.join(JOURNAL_FILE), self.dir.join(OLD_JOURNAL_FILE))?;
-        let seg = Segment::open(&self.dir.join(JOURNAL_FILE))?;
+        let seg = Segment::open(&self.dir.join(JOURNAL_FILE), self.seg.ahead.clone())?;
         if self.opts.fsync == FsyncPolicy::Always {
             // Every apply flushes the new journal: its name must be durable
             // first. Otherwise the background thread makes it durable (with
@@ -650,7 +658,7 @@ impl Inner {
 /// in every order: before the snapshot's rename, old snapshot + old journal +
 /// journal are complete; after it, replaying the old journal on the new
 /// snapshot changes nothing (the snapshot is the result of all of it).
-fn finish_compaction(dir: &Path, state: &SharedState, old: File) -> Result<u64, StoreError> {
+fn finish_compaction(dir: &Path, state: &SharedState, old: Arc<File>) -> Result<u64, StoreError> {
     // The renamed journal is flushed before anything newer is: until the
     // snapshot replaces the old one, a power loss needs all of it.
     old.sync_data()?;
@@ -667,7 +675,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Msg>) {
+fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mpsc::Receiver<Msg>) {
     let tick = {
         let i = lock(&inner);
         let sync = match i.opts.fsync {
@@ -676,9 +684,22 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Ms
         };
         sync.min(i.opts.heartbeat).max(Duration::from_millis(10))
     };
+    ahead.populate();
+    let mut next_tick = Instant::now() + tick;
     loop {
-        match rx.recv_timeout(tick) {
+        // Messages (asked to populate several times a second under load)
+        // do not put off the tick.
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Populate) => {
+                ahead.populate();
+                if Instant::now() < next_tick {
+                    continue;
+                }
+            }
             Ok(Msg::Compact(state, old)) => {
+                // The new journal's pages first: the writer is in it.
+                ahead.populate();
                 let dir = lock(&inner).dir.clone();
                 let result = {
                     let _files = lock(&flags.files);
@@ -701,12 +722,15 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Ms
                         flags.due.store(true, Ordering::Release);
                     }
                 }
-                continue;
+                if Instant::now() < next_tick {
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             // Sender dropped: the journal is closing.
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        next_tick = Instant::now() + tick;
         let mut i = lock(&inner);
         if i.closed {
             return;
@@ -722,20 +746,16 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Ms
             // The flush runs without the lock (it can take milliseconds on a
             // busy disk, and every request appends under the lock). A record
             // appended meanwhile marks the journal dirty again.
-            match i.seg.file.try_clone() {
-                Ok(f) => {
-                    i.dirty = false;
-                    drop(i);
-                    if let Err(e) = f.sync_data() {
-                        error!("Session journal: fsync failed: {e}");
-                        lock(&inner).dirty = true;
-                    }
-                    i = lock(&inner);
-                    if i.closed {
-                        return;
-                    }
-                }
-                Err(e) => error!("Session journal: fsync failed: {e}"),
+            let f = i.seg.file.clone();
+            i.dirty = false;
+            drop(i);
+            if let Err(e) = f.sync_data() {
+                error!("Session journal: fsync failed: {e}");
+                lock(&inner).dirty = true;
+            }
+            i = lock(&inner);
+            if i.closed {
+                return;
             }
         }
         if i.seg.len as u64 > i.compact_threshold() && !i.compacting {
@@ -745,11 +765,25 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, rx: mpsc::Receiver<Ms
             );
             flags.due.store(true, Ordering::Release);
         }
+        drop(i);
+        // A flush write-protects the pages it cleaned, those ahead of the
+        // writer too: populate them again (and unmap retired mappings).
+        ahead.populate();
     }
 }
 
 /// Bytes reserved for a new journal file; doubled as it fills.
 const FIRST_RESERVE: usize = 1 << 20;
+
+/// The largest reservation: past it, a record is larger than replay accepts.
+const MAX_RESERVE: usize = 4 * MAX_RECORD as usize;
+
+/// How far past the write position the background thread populates the
+/// mapping (a few tens of milliseconds of records at full load)…
+const AHEAD: usize = 512 << 10;
+/// … and how close to the end of what it populated the writer gets before
+/// it asks for more.
+const AHEAD_LOW: usize = 256 << 10;
 
 /// The journal file, mapped into memory (`MAP_SHARED`). Appending a record
 /// is a copy into the page cache, with no system call, and survives
@@ -757,54 +791,79 @@ const FIRST_RESERVE: usize = 1 << 20;
 /// `posix_fallocate`, so a full disk fails the reservation with an error
 /// and never a store into the mapping; the reserved tail is zeros, which
 /// replay reads as the end of the journal.
+///
+/// The first store into a page of the mapping would take a page fault on
+/// the request path (page cache lookup, zeroing, the filesystem's
+/// `page_mkwrite`), and so would the first store after each flush (which
+/// write-protects the pages it cleans): the background thread populates the
+/// pages ahead of the writer instead ([`Ahead`]), and prepares the next,
+/// doubled, reservation before the writer needs it.
 struct Segment {
-    file: File,
-    map: Option<memmap2::MmapMut>,
+    file: Arc<File>,
+    map: Option<WriterMap>,
     /// Bytes of records.
     len: usize,
     /// Bytes reserved (the file's size).
     cap: usize,
+    ahead: Arc<Ahead>,
 }
 
 impl Segment {
     /// Opens (creating) `path`, as it is and not mapped yet.
-    fn create(path: &Path) -> io::Result<Segment> {
+    fn create(path: &Path, ahead: Arc<Ahead>) -> io::Result<Segment> {
         Ok(Segment {
-            file: create_private(path, false)?,
+            file: Arc::new(create_private(path, false)?),
             map: None,
             len: 0,
             cap: 0,
+            ahead,
         })
     }
 
     /// Opens (creating) `path` and empties it.
-    fn open(path: &Path) -> io::Result<Segment> {
-        let mut seg = Segment::create(path)?;
+    fn open(path: &Path, ahead: Arc<Ahead>) -> io::Result<Segment> {
+        let mut seg = Segment::create(path, ahead)?;
         seg.reset()?;
         Ok(seg)
     }
 
     /// Empties the file and reserves [`FIRST_RESERVE`] bytes of zeros.
     fn reset(&mut self) -> io::Result<()> {
+        // No mapping of the writer's outlives the file's length.
         self.map = None;
-        self.file.set_len(0)?;
         self.len = 0;
         self.cap = 0;
+        self.ahead.publish(None, &self.file, 0, 0);
+        self.file.set_len(0)?;
         self.reserve(FIRST_RESERVE)
     }
 
-    /// Grows the file to `cap` bytes (allocated on disk) and maps it.
+    /// Grows the file to `cap` bytes (allocated on disk) and maps it; its
+    /// pages are populated by the background thread, which the writer asks
+    /// at once (nothing is populated yet).
     fn reserve(&mut self, cap: usize) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let len = i64::try_from(cap).map_err(|_| io::Error::other("journal too large"))?;
-        nix::fcntl::posix_fallocate(self.file.as_raw_fd(), 0, len).map_err(io::Error::from)?;
-        self.map = None;
-        // The first reservation (1 MiB) is faulted in at once, a fraction of
-        // a millisecond; a grown one page by page as records reach it, so
-        // that growing never stalls a request.
-        self.map = Some(map_file(&self.file, cap <= FIRST_RESERVE)?);
+        fallocate(&self.file, cap)?;
+        let map = Arc::new(map_file(&self.file, cap)?);
+        self.ahead
+            .publish(Some(map.clone()), &self.file, self.len, 0);
+        self.map = Some(WriterMap(map));
         self.cap = cap;
         Ok(())
+    }
+
+    /// Grows to `cap` bytes: into the mapping the background thread
+    /// prepared (file grown, pages ahead populated) if it did, or now.
+    fn grow(&mut self, cap: usize) -> io::Result<()> {
+        match self.ahead.take_next(cap) {
+            Some((map, ready)) => {
+                self.ahead
+                    .publish(Some(map.clone()), &self.file, self.len, ready);
+                self.map = Some(WriterMap(map));
+                self.cap = cap;
+                Ok(())
+            }
+            None => self.reserve(cap),
+        }
     }
 
     /// Appends one record: `len | crc32 | payload`. The payload is encoded in
@@ -815,6 +874,7 @@ impl Segment {
         loop {
             let start = self.len;
             if let Some(map) = self.map.as_mut().filter(|_| start + 8 < self.cap) {
+                let map = map.bytes();
                 let encoded = encode(record, &mut map[start + 8..]);
                 match encoded.map(|n| &map[start + 8..start + 8 + n]) {
                     Ok(payload) if payload.len() > MAX_RECORD as usize => {
@@ -832,6 +892,7 @@ impl Segment {
                         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
                         map[start..start + 4].copy_from_slice(&(n as u32).to_le_bytes());
                         self.len = start + 8 + n;
+                        self.ahead.pos.store(self.len, Ordering::Relaxed);
                         return Ok(());
                     }
                     Err(postcard::Error::SerializeBufferFull) => {
@@ -842,13 +903,224 @@ impl Segment {
                 }
             }
             let want = (self.cap * 2).max(FIRST_RESERVE);
-            if want > 4 * MAX_RECORD as usize {
+            if want > MAX_RESERVE {
                 return Err(StoreError::Corrupt(format!(
                     "journal record larger than {MAX_RECORD} bytes"
                 )));
             }
-            self.reserve(want)?;
+            self.grow(want)?;
         }
+    }
+
+    /// Whether the writer is within [`AHEAD_LOW`] of the end of the pages
+    /// populated for it and should ask the background thread for more
+    /// (true once per request).
+    fn wants_population(&self) -> bool {
+        self.len + AHEAD_LOW > self.ahead.ready.load(Ordering::Relaxed)
+            && !self.ahead.off.load(Ordering::Relaxed)
+            && !self.ahead.asked.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// What the writer and the background thread share so that the background
+/// thread populates the writer's mapping ahead of it (without the
+/// journal's lock: a population of half a megabyte takes a few hundred
+/// microseconds).
+struct Ahead {
+    /// The writer's position in its mapping (`Segment::len`).
+    pos: AtomicUsize,
+    /// The background thread has done what it can up to here (populated
+    /// the pages from `pos`, in this mapping and in the next one; or failed
+    /// to): the writer asks again when it comes within [`AHEAD_LOW`] of it.
+    ready: AtomicUsize,
+    /// The writer asked for more (cleared when the background thread starts
+    /// on it).
+    asked: AtomicBool,
+    /// Populating is off: with `fsync = always` (every batch's flush
+    /// write-protects the pages again), or when the kernel cannot
+    /// (`MADV_POPULATE_WRITE` needs Linux 5.14): pages fault in as records
+    /// reach them, as without it.
+    off: AtomicBool,
+    /// A failure to populate was logged.
+    logged: AtomicBool,
+    slot: Mutex<Slot>,
+}
+
+/// The writer's mapping as the background thread sees it.
+#[derive(Default)]
+struct Slot {
+    /// Changes with every new mapping of the writer's: what the background
+    /// thread computed for an older one is dropped.
+    generation: u64,
+    map: Option<Arc<memmap2::MmapRaw>>,
+    file: Option<Arc<File>>,
+    /// The next, doubled, mapping, prepared by the background thread (the
+    /// file grown to its size), and how far it is populated.
+    next: Option<(Arc<memmap2::MmapRaw>, usize)>,
+    /// Mappings the writer no longer uses: unmapped by the background thread
+    /// (unmapping a few populated megabytes is not free).
+    retired: Vec<Arc<memmap2::MmapRaw>>,
+}
+
+impl Ahead {
+    fn new(enabled: bool) -> Ahead {
+        Ahead {
+            pos: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
+            asked: AtomicBool::new(false),
+            off: AtomicBool::new(!enabled),
+            logged: AtomicBool::new(false),
+            slot: Mutex::new(Slot::default()),
+        }
+    }
+
+    /// The writer's mapping is now `map`, at `pos`, populated up to `ready`.
+    fn publish(
+        &self,
+        map: Option<Arc<memmap2::MmapRaw>>,
+        file: &Arc<File>,
+        pos: usize,
+        ready: usize,
+    ) {
+        let mut slot = lock(&self.slot);
+        slot.generation += 1;
+        let old = [slot.map.take(), slot.next.take().map(|(m, _)| m)];
+        slot.retired.extend(old.into_iter().flatten());
+        slot.map = map;
+        slot.file = Some(file.clone());
+        self.pos.store(pos, Ordering::Relaxed);
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The prepared mapping, if it is `cap` bytes long.
+    fn take_next(&self, cap: usize) -> Option<(Arc<memmap2::MmapRaw>, usize)> {
+        let mut slot = lock(&self.slot);
+        match &slot.next {
+            Some((map, _)) if map.len() == cap => slot.next.take(),
+            _ => None,
+        }
+    }
+
+    /// Runs on the background thread: populates the writer's mapping from
+    /// its position to [`AHEAD`] past it, and when that reaches the end of
+    /// the mapping, grows the file and prepares the next mapping (populated
+    /// the same). Also unmaps retired mappings.
+    fn populate(&self) {
+        let (generation, map, next, file, retired) = {
+            let mut slot = lock(&self.slot);
+            (
+                slot.generation,
+                slot.map.clone(),
+                slot.next.as_ref().map(|(m, _)| m.clone()),
+                slot.file.clone(),
+                std::mem::take(&mut slot.retired),
+            )
+        };
+        drop(retired);
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
+        self.asked.store(false, Ordering::Relaxed);
+        let (Some(map), Some(file)) = (map, file) else {
+            return;
+        };
+        let pos = self.pos.load(Ordering::Relaxed);
+        let end = pos.saturating_add(AHEAD);
+        self.populate_range(&map, pos, end);
+        let next = match next {
+            Some(next) => Some(next),
+            None if end > map.len() && map.len() * 2 <= MAX_RESERVE => {
+                let cap = map.len() * 2;
+                match fallocate(&file, cap).and_then(|()| map_file(&file, cap)) {
+                    Ok(next) => Some(Arc::new(next)),
+                    Err(e) => {
+                        // The writer will meet it (and report it) itself.
+                        debug!("Session journal: cannot reserve {cap} bytes ahead: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let next = next.map(|next| {
+            let ready = self.populate_range(&next, pos, end);
+            (next, ready)
+        });
+        let mut slot = lock(&self.slot);
+        if slot.generation == generation {
+            // Even after a failure: the writer asks again only so far on.
+            self.ready.store(end, Ordering::Relaxed);
+            if let Some(next) = next {
+                slot.next = Some(next);
+            }
+        }
+    }
+
+    /// `MADV_POPULATE_WRITE` on `from..to` of `map` (clipped to it): the
+    /// pages are faulted in writable, as a store would, without changing
+    /// their contents. Returns where the pages are populated up to (0 if it
+    /// failed).
+    fn populate_range(&self, map: &memmap2::MmapRaw, from: usize, to: usize) -> usize {
+        let to = to.min(map.len());
+        if from >= to {
+            return to;
+        }
+        match map.advise_range(memmap2::Advice::PopulateWrite, from, to - from) {
+            Ok(()) => to,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::InvalidInput {
+                    // EINVAL: a kernel older than 5.14; not tried again.
+                    self.off.store(true, Ordering::Relaxed);
+                }
+                if !self.logged.swap(true, Ordering::Relaxed) {
+                    debug!(
+                        "Session journal: cannot populate the mapping ahead of the writer \
+                         ({e}); pages fault in as records reach them"
+                    );
+                }
+                0
+            }
+        }
+    }
+}
+
+/// Reserves `len` bytes of the file on disk (from its start).
+fn fallocate(file: &File, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = i64::try_from(len).map_err(|_| io::Error::other("journal too large"))?;
+    nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len).map_err(io::Error::from)
+}
+
+/// Maps the first `len` bytes of the journal file read-write and shared.
+fn map_file(file: &File, len: usize) -> io::Result<memmap2::MmapRaw> {
+    memmap2::MmapOptions::new().len(len).map_raw(file)
+}
+
+/// The writer's mapping: the one handle to it through which its bytes are
+/// read or written (never cloned; the background thread holds the same
+/// mapping as a bare `MmapRaw`, and only passes its address range to
+/// `madvise`).
+struct WriterMap(Arc<memmap2::MmapRaw>);
+
+impl WriterMap {
+    /// The mapping's bytes.
+    #[allow(unsafe_code)]
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the pointer and length are those of a live mapping (the
+        // `Arc` keeps it mapped for as long as the slice is borrowed from
+        // `self`), read-write and shared, of a file at least as long: the
+        // file only shrinks in `Segment::reset`, which drops the writer's
+        // mapping first, and only this process writes to it (mode 0600, in
+        // the daemon's runtime directory, whose lock file the daemon holds
+        // for its whole life). The slice is the only reference to these
+        // bytes: `WriterMap` is not `Clone`, each wraps a mapping of its own
+        // (fresh from `map_file`, or prepared by the background thread and
+        // handed over once, `Ahead::take_next`), and the slice borrows it
+        // mutably. The other holders of the mapping (the background thread)
+        // never form a reference to its bytes: they only pass its address
+        // range to `madvise(MADV_POPULATE_WRITE)`, which maps pages in
+        // without changing their contents, and unmap it when they drop it.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr(), self.0.len()) }
     }
 }
 
@@ -935,20 +1207,6 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
     if !copied {
         dst.copy_from_slice(src);
     }
-}
-
-/// Maps the journal file read-write and shared.
-#[allow(unsafe_code)]
-fn map_file(file: &File, populate: bool) -> io::Result<memmap2::MmapMut> {
-    // SAFETY: the mapping is of a file only this process writes: it lives in
-    // the daemon's runtime directory with mode 0600, the daemon holds the
-    // directory's lock file for its whole life, and the file is never
-    // shortened while mapped (`reset` and `reserve` drop the mapping first).
-    let mut opts = memmap2::MmapOptions::new();
-    if populate {
-        opts.populate();
-    }
-    unsafe { opts.map_mut(file) }
 }
 
 /// Decodes records from the start of `buf`; returns them and the length of
@@ -1562,6 +1820,133 @@ mod tests {
         let j = Journal::open(&dir, o).unwrap();
         assert_eq!(j.snapshot().sessions.len(), n);
         assert_eq!(j.recovery().dropped_bytes, 0, "the zero tail is not a tear");
+    }
+
+    fn one_session_record(i: usize) -> Record<'static> {
+        Record::Changes {
+            at: 1_790_000_000_000 + i as u64,
+            changes: std::borrow::Cow::Owned(vec![StoreChange::from(session(&format!(
+                "populate-{i}"
+            )))]),
+        }
+    }
+
+    /// Minor page faults the calling thread has taken.
+    fn thread_minor_faults() -> u64 {
+        let stat = fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command (which is in parentheses): state is
+        // field 3, minflt field 10.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(7).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_writer_takes_no_page_fault_in_pages_populated_ahead() {
+        let dir = tmp();
+        let ahead = Arc::new(Ahead::new(true));
+        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
+        assert!(seg.wants_population(), "nothing populated yet: asks");
+        assert!(!seg.wants_population(), "asks once");
+        let records: Vec<_> = (0..1000).map(one_session_record).collect();
+        // What the background thread does when asked.
+        ahead.populate();
+        if ahead.off.load(Ordering::Relaxed) {
+            eprintln!("MADV_POPULATE_WRITE unsupported here: not measured");
+            return;
+        }
+        let before = thread_minor_faults();
+        for r in &records {
+            seg.append(r).unwrap();
+        }
+        let faults = thread_minor_faults() - before;
+        assert!(seg.len > 64 * 1024 && seg.len < AHEAD);
+        assert_eq!(faults, 0, "the writer faulted {faults} times");
+        assert!(!seg.wants_population(), "far from the end of the window");
+        let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!((back.len(), valid), (1000, seg.len));
+    }
+
+    #[test]
+    fn the_writer_grows_into_the_mapping_prepared_ahead() {
+        let dir = tmp();
+        let ahead = Arc::new(Ahead::new(true));
+        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
+        let mut n = 0;
+        while seg.len + AHEAD <= FIRST_RESERVE {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        ahead.populate();
+        let prepared = lock(&ahead.slot)
+            .next
+            .as_ref()
+            .map(|(m, _)| m.as_ptr())
+            .expect("the next mapping is prepared");
+        // The file is grown ahead of the writer: zeros, still the end.
+        let file = fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len();
+        assert_eq!(file as usize, 2 * FIRST_RESERVE);
+        while seg.len <= FIRST_RESERVE {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        assert_eq!(seg.cap, 2 * FIRST_RESERVE);
+        let map = seg.map.as_ref().map(|m| m.0.as_ptr());
+        assert_eq!(map, Some(prepared), "the prepared mapping is the writer's");
+        assert!(
+            lock(&ahead.slot).retired.len() == 1,
+            "the old one is retired"
+        );
+        ahead.populate();
+        assert!(
+            lock(&ahead.slot).retired.is_empty(),
+            "and unmapped off the writer"
+        );
+        let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!((back.len(), valid), (n, seg.len));
+    }
+
+    #[test]
+    fn a_mapping_prepared_before_a_reset_is_not_used_after_it() {
+        let dir = tmp();
+        let ahead = Arc::new(Ahead::new(true));
+        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
+        let mut n = 0;
+        while seg.len + AHEAD <= FIRST_RESERVE {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        ahead.populate();
+        assert!(lock(&ahead.slot).next.is_some());
+        seg.reset().unwrap();
+        assert!(
+            lock(&ahead.slot).next.is_none(),
+            "dropped with its generation"
+        );
+        let mut n = 0;
+        while seg.len <= FIRST_RESERVE {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!((back.len(), valid), (n, seg.len));
+    }
+
+    #[test]
+    fn without_population_the_writer_faults_its_pages_in_itself() {
+        // As on a kernel without MADV_POPULATE_WRITE, or with fsync=always.
+        let dir = tmp();
+        let ahead = Arc::new(Ahead::new(false));
+        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
+        assert!(!seg.wants_population());
+        let records: Vec<_> = (0..300).map(one_session_record).collect();
+        ahead.populate();
+        let before = thread_minor_faults();
+        for r in &records {
+            seg.append(r).unwrap();
+        }
+        assert!(thread_minor_faults() > before, "the test can tell");
+        let (back, _) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!(back.len(), 300);
     }
 
     #[test]
