@@ -43,13 +43,13 @@ pub fn init(target: LogTarget, debug: bool) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{IDENT}: cannot reach syslog ({e}), logging to stderr");
-                Sink::Stderr { journald: false }
+                Sink::stderr(false)
             }
         },
-        LogTarget::Stderr => Sink::Stderr { journald: false },
-        LogTarget::Journald => Sink::Stderr { journald: true },
+        LogTarget::Stderr => Sink::stderr(false),
+        LogTarget::Journald => Sink::stderr(true),
     };
-    let journald = matches!(sink, Sink::Stderr { journald: true });
+    let journald = matches!(sink, Sink::Stderr { journald: true, .. });
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         spare: Mutex::new(Queue::default()),
@@ -131,13 +131,8 @@ impl Shared {
             return;
         }
         match &mut *sink {
-            Sink::Stderr { journald } => {
-                let mut batch = String::with_capacity(queue.text.len() + 24 * queue.lines.len());
-                for (level, at, message) in queue.iter() {
-                    write_prefix(&mut batch, level, at, *journald);
-                    batch.push_str(message);
-                    batch.push('\n');
-                }
+            Sink::Stderr { journald, batch } => {
+                format_batch(&queue, *journald, batch);
                 let mut err = std::io::stderr().lock();
                 let _ = err.write_all(batch.as_bytes());
                 let _ = err.flush();
@@ -157,9 +152,41 @@ impl Shared {
     }
 }
 
+/// The queued lines with their prefixes, into `batch` (cleared first). The
+/// lines of one millisecond share their prefix, formatted once.
+fn format_batch(queue: &Queue, journald: bool, batch: &mut String) {
+    batch.clear();
+    batch.reserve(queue.text.len() + 24 * queue.lines.len());
+    let mut prefix = String::new();
+    let mut last = None;
+    for (level, at, message) in queue.iter() {
+        if last != Some((level, at)) {
+            prefix.clear();
+            write_prefix(&mut prefix, level, at, journald);
+            last = Some((level, at));
+        }
+        batch.push_str(&prefix);
+        batch.push_str(message);
+        batch.push('\n');
+    }
+}
+
 enum Sink {
-    Stderr { journald: bool },
+    /// `batch`: the text of the last write, kept for its allocation.
+    Stderr {
+        journald: bool,
+        batch: String,
+    },
     Syslog(Box<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>),
+}
+
+impl Sink {
+    fn stderr(journald: bool) -> Sink {
+        Sink::Stderr {
+            journald,
+            batch: String::new(),
+        }
+    }
 }
 
 fn syslog_sink() -> Result<Sink, syslog::Error> {
@@ -301,6 +328,38 @@ mod tests {
                 (Level::Error, 3, "third")
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_is_each_line_with_its_own_prefix() {
+        let mut q = Queue::default();
+        let lines = [
+            (Level::Info, 1_000, "a"),
+            (Level::Info, 1_000, "b"),
+            (Level::Warn, 1_000, "c"),
+            (Level::Warn, 1_001, ""),
+            (Level::Info, 61_001, "e (c1)"),
+        ];
+        for (level, at, m) in lines {
+            q.push(level, at, m);
+        }
+        for journald in [false, true] {
+            let mut want = String::new();
+            for (level, at, m) in lines {
+                write_prefix(&mut want, level, at, journald);
+                want.push_str(m);
+                want.push('\n');
+            }
+            let mut got = String::from("left over");
+            format_batch(&q, journald, &mut got);
+            assert_eq!(got, want);
+            if !journald {
+                // Four distinct prefixes among the five lines.
+                let prefixes: std::collections::HashSet<&str> =
+                    got.lines().map(|l| &l[..19]).collect();
+                assert_eq!(prefixes.len(), 4, "{got}");
+            }
+        }
     }
 
     #[test]
