@@ -196,7 +196,9 @@ struct Inner {
     seg: Segment,
     opts: JournalOptions,
     dirty: bool,
-    last_write: Instant,
+    /// Records appended so far: the background thread notices when it stops
+    /// changing (and writes a heartbeat) without a clock read per append.
+    appends: u64,
     closed: bool,
     /// A write failed: the journal on disk misses a batch, so nothing more
     /// is appended (it would leave a gap) until the state the driver hands
@@ -357,7 +359,7 @@ impl Journal {
             seg,
             opts: opts.clone(),
             dirty: false,
-            last_write: Instant::now(),
+            appends: 0,
             closed: false,
             failed: false,
             retry_at: Instant::now(),
@@ -588,7 +590,7 @@ impl Inner {
     fn append(&mut self, record: &Record<'_>) -> Result<(), StoreError> {
         self.seg.append(record)?;
         self.dirty = true;
-        self.last_write = Instant::now();
+        self.appends += 1;
         Ok(())
     }
 
@@ -686,6 +688,8 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
     };
     ahead.populate();
     let mut next_tick = Instant::now() + tick;
+    // The append count at the last tick, and since when it has not changed.
+    let (mut seen_appends, mut quiet_since) = (0, Instant::now());
     loop {
         // Messages (asked to populate several times a second under load)
         // do not put off the tick.
@@ -735,7 +739,10 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
         if i.closed {
             return;
         }
-        if i.last_write.elapsed() >= i.opts.heartbeat {
+        if i.appends != seen_appends {
+            (seen_appends, quiet_since) = (i.appends, Instant::now());
+        }
+        if quiet_since.elapsed() >= i.opts.heartbeat {
             if let Err(e) = i.append(&Record::Alive { at: wall_ms() }) {
                 error!("Session journal: could not write heartbeat: {e}");
             }
