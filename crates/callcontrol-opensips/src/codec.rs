@@ -155,12 +155,12 @@ impl Decoder {
         let buf = &self.buf[..];
         let (mut scanned, mut line_start, mut lines) = (self.scanned, self.line_start, self.lines);
         let scan = loop {
-            if scanned == buf.len() {
+            let Some(rest) = buf.get(scanned..).filter(|r| !r.is_empty()) else {
                 // Nothing new since the last look (which found no line end
                 // and checked the line's length), or nothing at all.
                 break Scan::More;
-            }
-            let Some(pos) = find_newline(&buf[scanned..]) else {
+            };
+            let Some(pos) = find_newline(rest) else {
                 scanned = buf.len();
                 // A trailing CR may be the start of the line end: a line of
                 // exactly MAX_LINE bytes is not too long until what follows
@@ -174,27 +174,30 @@ impl Decoder {
                 break Scan::More;
             };
             let end = scanned + pos;
-            let line = trim_cr(&buf[line_start..end]);
+            let Some(line) = buf.get(line_start..end) else {
+                break Scan::More;
+            };
+            let line = trim_cr(line);
             if line.len() > MAX_LINE {
                 break Scan::LineTooLong {
                     next: end + 1,
                     mid_line: false,
                 };
             }
-            if line.iter().all(u8::is_ascii_whitespace) {
+            if is_blank(line) {
                 break if lines == 0 {
                     Scan::Blank(end + 1)
                 } else {
                     Scan::Block(end + 1)
                 };
             }
-            if lines == MAX_LINES {
+            let Some(span) = self.spans.get_mut(lines) else {
                 break Scan::TooManyLines(end + 1);
-            }
+            };
+            *span = (line_start, line_start + line.len());
             if lines == 0 {
                 self.command = Command::of(line);
             }
-            self.spans[lines] = (line_start, line_start + line.len());
             lines += 1;
             line_start = end + 1;
             scanned = end + 1;
@@ -306,6 +309,14 @@ impl Command {
     }
 }
 
+/// The value of a parameter `line` that starts with `key` (`key:` as
+/// OpenSIPS sends it, `key` ending with the `:`), trimmed: what the general
+/// split gives, as `key` holds no `:` and starts with no whitespace.
+#[inline(always)]
+pub(crate) fn value_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.strip_prefix(key).map(str::trim_ascii)
+}
+
 /// `word.eq_ignore_ascii_case(name)` for a lowercase `name`, trying the
 /// exact bytes first: OpenSIPS sends commands and keys in lowercase.
 #[inline]
@@ -360,6 +371,18 @@ fn find_byte_in_word(chunk: &[u8], byte: u8) -> Option<usize> {
     (zero != 0).then(|| (zero.trailing_zeros() / 8) as usize)
 }
 
+/// Whether a line is empty or only whitespace (request lines start with
+/// a letter: one look is enough for them).
+#[inline(always)]
+fn is_blank(line: &[u8]) -> bool {
+    match line.first() {
+        None => true,
+        Some(b) if !b.is_ascii_whitespace() => false,
+        Some(_) => line.iter().all(u8::is_ascii_whitespace),
+    }
+}
+
+#[inline(always)]
 fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
@@ -370,8 +393,27 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 pub(crate) trait Fields<'a>: Default {
     /// One `key: value` line, both trimmed.
     fn set(&mut self, key: &'a str, value: &'a str);
+    /// One parameter line (not blank, without its line end, not trimmed);
+    /// `false` when it has no `:`. A command may recognise the keys as
+    /// OpenSIPS sends them (`key:` at the start of the line) before this
+    /// general split.
+    #[inline]
+    fn line(&mut self, line: &'a str) -> bool {
+        general_line(self, line)
+    }
     /// The request, or what is missing or wrong.
     fn finish(self) -> Result<Request, ProtocolError>;
+}
+
+/// [`Fields::line`]'s general split: the key up to the first `:`, the
+/// value after it, both trimmed.
+#[inline]
+pub(crate) fn general_line<'a, F: Fields<'a>>(fields: &mut F, line: &'a str) -> bool {
+    let Some(colon) = find_colon(line.as_bytes()) else {
+        return false;
+    };
+    fields.set(line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+    true
 }
 
 /// Parses a block whose lines the [`Decoder`] has already found: `spans`
@@ -417,13 +459,12 @@ fn fold<'a, F: Fields<'a>>(
 ) -> Result<Request, ProtocolError> {
     let mut fields = F::default();
     for line in lines {
-        let Some(colon) = find_colon(line.as_bytes()) else {
+        if !fields.line(line) {
             return Err(ProtocolError::BadLine(
                 truncate(line.trim_ascii(), 64),
                 command,
             ));
-        };
-        fields.set(line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+        }
     }
     fields.finish()
 }

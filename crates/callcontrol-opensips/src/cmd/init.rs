@@ -4,7 +4,7 @@ use callcontrol_core::request::{InitRequest, Request};
 use callcontrol_core::types::{CallId, Prepaid};
 
 use super::none_or;
-use crate::codec::Fields;
+use crate::codec::{general_line, value_after, Fields};
 use crate::error::ProtocolError;
 
 /// The original requires `callid`, `diverter`, `ruri`, `sourceip` and `from`
@@ -47,6 +47,37 @@ impl<'a> Fields<'a> for InitFields<'a> {
             },
         };
         *slot = Some(v);
+    }
+
+    #[inline]
+    fn line(&mut self, line: &'a str) -> bool {
+        // The keys exactly as OpenSIPS sends them, told apart by a byte or
+        // two; anything else takes the general split.
+        macro_rules! exact {
+            ($slot:ident, $key:literal) => {
+                match value_after(line, $key) {
+                    Some(v) => {
+                        self.$slot = Some(v);
+                        true
+                    }
+                    None => general_line(self, line),
+                }
+            };
+        }
+        let b = line.as_bytes();
+        match b.first() {
+            Some(b'r') => exact!(ruri, "ruri:"),
+            Some(b'd') => exact!(diverter, "diverter:"),
+            Some(b's') if b.get(1) == Some(&b'o') => exact!(source_ip, "sourceip:"),
+            Some(b's') => exact!(app, "sip_application:"),
+            Some(b'p') => exact!(prepaid, "prepaid:"),
+            Some(b'f') if b.get(4) == Some(&b':') => exact!(from, "from:"),
+            Some(b'f') => exact!(from_tag, "fromtag:"),
+            Some(b'c') if b.get(4) == Some(&b'i') => exact!(call_id, "callid:"),
+            Some(b'c') if b.get(5) == Some(&b'l') => exact!(call_limit, "call_limit:"),
+            Some(b'c') => exact!(call_token, "call_token:"),
+            _ => general_line(self, line),
+        }
     }
 
     fn finish(self) -> Result<Request, ProtocolError> {

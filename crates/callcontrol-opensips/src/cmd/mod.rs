@@ -30,6 +30,14 @@ impl<'a> CallIdField<'a> {
             self.0 = Some(value);
         }
     }
+    /// Takes the value of a parameter `line` as the `callid` when it is
+    /// `callid:` and the value, as OpenSIPS sends it; `None` for any other
+    /// line (for the general split).
+    #[inline(always)]
+    pub(crate) fn exact_line(&mut self, line: &'a str) -> Option<()> {
+        self.0 = Some(crate::codec::value_after(line, "callid:")?);
+        Some(())
+    }
     /// The Call-ID, or the error naming `command`.
     pub(crate) fn require(
         self,

@@ -4,7 +4,7 @@ use callcontrol_core::error::RequestError;
 use callcontrol_core::request::{Request, StartRequest};
 use callcontrol_core::types::{CallId, DialogId};
 
-use crate::codec::{eq_key, Fields};
+use crate::codec::{eq_key, general_line, value_after, Fields};
 use crate::error::ProtocolError;
 
 /// `callid` is required. `dialogid` (decimal u64 or `h_entry:h_id`) is
@@ -24,6 +24,18 @@ impl<'a> Fields<'a> for StartFields<'a> {
         } else if key.len() == 8 && eq_key(key.as_bytes(), "dialogid") {
             self.dialog_id = Some(value);
         }
+    }
+    #[inline]
+    fn line(&mut self, line: &'a str) -> bool {
+        // As OpenSIPS sends them; anything else takes the general split.
+        if let Some(v) = value_after(line, "callid:") {
+            self.call_id = Some(v);
+        } else if let Some(v) = value_after(line, "dialogid:") {
+            self.dialog_id = Some(v);
+        } else {
+            return general_line(self, line);
+        }
+        true
     }
     fn finish(self) -> Result<Request, ProtocolError> {
         let call_id = self

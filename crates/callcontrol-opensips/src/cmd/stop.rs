@@ -3,7 +3,7 @@
 use callcontrol_core::request::Request;
 
 use super::CallIdField;
-use crate::codec::Fields;
+use crate::codec::{general_line, Fields};
 use crate::error::ProtocolError;
 
 /// `callid` is required.
@@ -13,6 +13,10 @@ pub(crate) struct StopFields<'a>(CallIdField<'a>);
 impl<'a> Fields<'a> for StopFields<'a> {
     fn set(&mut self, key: &'a str, value: &'a str) {
         self.0.set(key, value);
+    }
+    #[inline]
+    fn line(&mut self, line: &'a str) -> bool {
+        self.0.exact_line(line).is_some() || general_line(self, line)
     }
     fn finish(self) -> Result<Request, ProtocolError> {
         Ok(Request::Stop {
