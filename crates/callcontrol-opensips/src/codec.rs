@@ -433,7 +433,16 @@ fn parse_lines(
     };
     // Line ends are ASCII, so every span is on char boundaries.
     let params = spans[1..].iter().map(|&(start, end)| &text[start..end]);
-    fold_command(command, params).unwrap_or_else(|| parse_block(block))
+    // The request is built where it is returned (no `Option` around it
+    // to unwrap: `Unknown` was answered above).
+    match command {
+        Command::Init => fold::<cmd::init::InitFields>(params, "init"),
+        Command::Start => fold::<cmd::start::StartFields>(params, "start"),
+        Command::Stop => fold::<cmd::stop::StopFields>(params, "stop"),
+        Command::Debug => fold::<cmd::debug::DebugFields>(params, "debug"),
+        Command::Terminate => fold::<cmd::terminate::TerminateFields>(params, "terminate"),
+        Command::Unknown => parse_block(block),
+    }
 }
 
 /// The request of a known `command` from its parameter lines (`None` for

@@ -97,10 +97,7 @@ impl<'a> Fields<'a> for InitFields<'a> {
             from: from.to_owned(),
             from_tag: self.from_tag.unwrap_or("").to_owned(),
             prepaid: self.prepaid.map_or(Prepaid::Unknown, parse_prepaid),
-            call_limit: self
-                .call_limit
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0),
+            call_limit: self.call_limit.map_or(0, parse_call_limit),
             call_token: none_or(self.call_token),
             sip_application: none_or(self.app),
         }))
@@ -130,10 +127,19 @@ impl<'a> InitFields<'a> {
 /// [`Prepaid::parse`] with what cannot be used as `unknown`; OpenSIPS sends
 /// `unknown` unless a `prepaid_account_flag` is configured.
 fn parse_prepaid(v: &str) -> Prepaid {
-    if v.len() == 7 && v.eq_ignore_ascii_case("unknown") {
+    if v == "unknown" || (v.len() == 7 && v.eq_ignore_ascii_case("unknown")) {
         return Prepaid::Unknown;
     }
     Prepaid::parse(v).unwrap_or_default()
+}
+
+/// `call_limit` as a `u32`, 0 when it is not one: up to nine digits
+/// (what OpenSIPS sends) cannot overflow, anything else goes to `parse`.
+fn parse_call_limit(v: &str) -> u32 {
+    if (1..=9).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.bytes().fold(0, |n, b| n * 10 + u32::from(b - b'0'));
+    }
+    v.parse::<u32>().unwrap_or(0)
 }
 
 fn need<'a>(v: Option<&'a str>, key: &'static str) -> Result<&'a str, ProtocolError> {
