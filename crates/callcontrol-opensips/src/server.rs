@@ -7,7 +7,7 @@
 //! connection served in order (its replies must be in order), every
 //! connection independent of the others — a slow rating answer holds only
 //! the connection waiting for it, since the engine serves other requests
-//! meanwhile. Replies are written to a buffer and flushed when no complete
+//! meanwhile. Replies are gathered in a buffer and written when no complete
 //! request is left in the input, so a pipelining client gets its replies in
 //! one write. Accepted connections are registered with the reactor for read
 //! readiness only ([`ReadInterestStream`]).
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -260,8 +260,10 @@ async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut stream = BufWriter::with_capacity(8 * 1024, stream);
+    let mut stream = stream;
     let mut decoder = Decoder::new();
+    // Replies not written yet: those of the requests read together go out
+    // in one write (a pipelining client's too, by up to `OUT_BUFFER` bytes).
     let mut out = Vec::with_capacity(256);
     loop {
         while let Some(frame) = decoder.decode() {
@@ -272,6 +274,7 @@ where
                     let call_id = call_id_of(&request);
                     let started = config.on_request.as_ref().map(|_| Instant::now());
                     if let Request::List { user } = request {
+                        send(&mut stream, &mut out).await?;
                         // Streamed page by page: the engine is never busy
                         // with more than a page while `init`s wait.
                         match write_list_paged(&mut stream, &handle, user).await {
@@ -299,21 +302,22 @@ where
                         Err(e) => {
                             // The engine is stopping: answer, then close.
                             warn!("{e}: answering {name} with Error ({call_id})");
-                            let bytes: &[u8] = if framing == ReplyFraming::Block {
+                            out.extend_from_slice(if framing == ReplyFraming::Block {
                                 b"Error\r\n\r\n"
                             } else {
                                 b"Error\r\n"
-                            };
-                            stream.write_all(bytes).await?;
+                            });
+                            send(&mut stream, &mut out).await?;
                             stream.flush().await?;
                             return Ok(());
                         }
                     };
-                    out.clear();
                     write_reply(&reply, Some(call_id.as_str()), &mut out);
-                    if let Err(e) = stream.write_all(&out).await {
-                        warn!("Client gone before the reply to {name} ({call_id}): {e}");
-                        return Err(e);
+                    if out.len() >= OUT_BUFFER {
+                        if let Err(e) = send(&mut stream, &mut out).await {
+                            warn!("Client gone before the reply to {name} ({call_id}): {e}");
+                            return Err(e);
+                        }
                     }
                     if let (Some(hook), Some(t)) = (&config.on_request, started) {
                         hook(name, t.elapsed(), &reply);
@@ -324,15 +328,16 @@ where
                     if let Some(hook) = &config.on_protocol_error {
                         hook(&e);
                     }
-                    stream.write_all(e.reply_bytes()).await?;
+                    out.extend_from_slice(e.reply_bytes());
+                    if out.len() >= OUT_BUFFER {
+                        send(&mut stream, &mut out).await?;
+                    }
                 }
             }
         }
-        if !stream.buffer().is_empty() {
-            if let Err(e) = stream.flush().await {
-                warn!("Client gone before its reply was sent: {e}");
-                return Err(e);
-            }
+        if let Err(e) = send(&mut stream, &mut out).await {
+            warn!("Client gone before its reply was sent: {e}");
+            return Err(e);
         }
         let buf = decoder.buffer_mut();
         buf.reserve(4096);
@@ -353,6 +358,19 @@ where
             return Ok(());
         }
     }
+}
+
+/// Replies kept for one write at most (a pipelining client's are written
+/// each time this much is waiting).
+const OUT_BUFFER: usize = 8 * 1024;
+
+/// Writes the replies waiting in `out`, if any, and empties it.
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
 }
 
 /// A connection registered with the reactor for read readiness only, as
