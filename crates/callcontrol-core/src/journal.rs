@@ -614,7 +614,10 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        self.seg.reset()?;
+        // Reopened by name rather than emptied through the handle: after a
+        // rotation that renamed the journal but could not create the new
+        // one, the handle is of the file just removed as `.old`.
+        self.seg = Segment::open(&self.dir.join(JOURNAL_FILE), self.seg.ahead.clone())?;
         self.seg.file.sync_all()?;
         self.dirty = false;
         Ok(())
@@ -677,6 +680,36 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// When the journal has been quiet for a heartbeat period, seen from the
+/// background thread's ticks: the append count at the last tick, and since
+/// when it has not changed.
+struct Quiet {
+    appends: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(now: Instant) -> Quiet {
+        Quiet {
+            appends: 0,
+            since: now,
+        }
+    }
+
+    /// `appends` records so far, as of `now`.
+    fn seen(&mut self, appends: u64, now: Instant) {
+        if appends != self.appends {
+            (self.appends, self.since) = (appends, now);
+        }
+    }
+
+    /// Whether nothing was appended for `heartbeat`, given the count now.
+    fn heartbeat_due(&mut self, appends: u64, now: Instant, heartbeat: Duration) -> bool {
+        self.seen(appends, now);
+        now.saturating_duration_since(self.since) >= heartbeat
+    }
+}
+
 fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mpsc::Receiver<Msg>) {
     let tick = {
         let i = lock(&inner);
@@ -688,8 +721,7 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
     };
     ahead.populate();
     let mut next_tick = Instant::now() + tick;
-    // The append count at the last tick, and since when it has not changed.
-    let (mut seen_appends, mut quiet_since) = (0, Instant::now());
+    let mut quiet = Quiet::new(Instant::now());
     loop {
         // Messages (asked to populate several times a second under load)
         // do not put off the tick.
@@ -739,13 +771,13 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
         if i.closed {
             return;
         }
-        if i.appends != seen_appends {
-            (seen_appends, quiet_since) = (i.appends, Instant::now());
-        }
-        if quiet_since.elapsed() >= i.opts.heartbeat {
+        if quiet.heartbeat_due(i.appends, Instant::now(), i.opts.heartbeat) {
             if let Err(e) = i.append(&Record::Alive { at: wall_ms() }) {
                 error!("Session journal: could not write heartbeat: {e}");
             }
+            // The heartbeat is not activity: the next one is due a
+            // heartbeat period from now, not from the next tick.
+            quiet.seen(i.appends, Instant::now());
         }
         // Not while a compaction is queued: the renamed journal must reach
         // the disk before anything newer does.
@@ -836,12 +868,14 @@ impl Segment {
 
     /// Empties the file and reserves [`FIRST_RESERVE`] bytes of zeros.
     fn reset(&mut self) -> io::Result<()> {
-        // No mapping of the writer's outlives the file's length.
+        // No mapping of the writer's outlives the file's length. If the file
+        // cannot be emptied, the writer goes on at its position (it maps
+        // again as it grows), never over records already written.
         self.map = None;
+        self.ahead.publish(None, &self.file, self.len, 0);
+        self.file.set_len(0)?;
         self.len = 0;
         self.cap = 0;
-        self.ahead.publish(None, &self.file, 0, 0);
-        self.file.set_len(0)?;
         self.reserve(FIRST_RESERVE)
     }
 
@@ -849,7 +883,7 @@ impl Segment {
     /// pages are populated by the background thread, which the writer asks
     /// at once (nothing is populated yet).
     fn reserve(&mut self, cap: usize) -> io::Result<()> {
-        fallocate(&self.file, cap)?;
+        fallocate(&self.file, self.cap, cap)?;
         let map = Arc::new(map_file(&self.file, cap)?);
         self.ahead
             .publish(Some(map.clone()), &self.file, self.len, 0);
@@ -1038,7 +1072,7 @@ impl Ahead {
             Some(next) => Some(next),
             None if end > map.len() && map.len() * 2 <= MAX_RESERVE => {
                 let cap = map.len() * 2;
-                match fallocate(&file, cap).and_then(|()| map_file(&file, cap)) {
+                match fallocate(&file, map.len(), cap).and_then(|()| map_file(&file, cap)) {
                     Ok(next) => Some(Arc::new(next)),
                     Err(e) => {
                         // The writer will meet it (and report it) itself.
@@ -1092,10 +1126,20 @@ impl Ahead {
 }
 
 /// Reserves `len` bytes of the file on disk (from its start).
-fn fallocate(file: &File, len: usize) -> io::Result<()> {
+/// Allocates bytes `from..to` of the file (growing it to `to`). Only that
+/// range: where the filesystem has no `fallocate`, glibc emulates it by
+/// rewriting a zero byte in every block of the range, which must not meet a
+/// block the writer is storing into (the background thread reserves ahead
+/// while the writer writes below `from`).
+fn fallocate(file: &File, from: usize, to: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = i64::try_from(len).map_err(|_| io::Error::other("journal too large"))?;
-    nix::fcntl::posix_fallocate(file.as_raw_fd(), 0, len).map_err(io::Error::from)
+    let too_large = |_| io::Error::other("journal too large");
+    let offset = i64::try_from(from).map_err(too_large)?;
+    let len = i64::try_from(to.saturating_sub(from)).map_err(too_large)?;
+    if len == 0 {
+        return Ok(());
+    }
+    nix::fcntl::posix_fallocate(file.as_raw_fd(), offset, len).map_err(io::Error::from)
 }
 
 /// Maps the first `len` bytes of the journal file read-write and shared.
@@ -2052,6 +2096,60 @@ mod tests {
         let j = Journal::open(&dir, opts()).unwrap();
         assert_eq!(j.recovery().down_since, first);
         assert!(!j.recovery().clean_shutdown);
+    }
+
+    #[test]
+    fn heartbeats_come_a_heartbeat_period_apart_and_not_while_appending() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let hb = Duration::from_secs(5);
+        let mut q = Quiet::new(t0);
+        let mut appends = 0;
+        let mut beats = Vec::new();
+        // Ticks every second; records appended until second 3.
+        for tick in 1..=22 {
+            if tick <= 3 {
+                appends += 1;
+            }
+            if q.heartbeat_due(appends, at(tick), hb) {
+                beats.push(tick);
+                appends += 1; // the heartbeat itself
+                q.seen(appends, at(tick));
+            }
+        }
+        assert_eq!(beats, vec![8, 13, 18]);
+    }
+
+    /// A rotation renamed the journal aside but could not create the new
+    /// one (disk full): the writer went on in the renamed file. The whole
+    /// compaction that follows removes that file, and what is appended after
+    /// it must land in a journal that is still there.
+    #[test]
+    fn appends_after_a_failed_rotation_and_a_whole_compaction_are_kept() {
+        let dir = tmp();
+        {
+            let mut j = Journal::open(&dir, opts()).unwrap();
+            j.apply(&[StoreChange::from(session("a"))]).unwrap();
+            fs::rename(dir.join(JOURNAL_FILE), dir.join(OLD_JOURNAL_FILE)).unwrap();
+            j.apply(&[StoreChange::from(session("b"))]).unwrap();
+            let state = SharedState {
+                sessions: vec![Arc::new(session("a")), Arc::new(session("b"))],
+                debits: vec![],
+            };
+            j.save_state(state).unwrap();
+            assert!(!dir.join(OLD_JOURNAL_FILE).exists());
+            j.apply(&[StoreChange::from(session("c"))]).unwrap();
+            // Dropped without closing: a kill -9.
+        }
+        let j = Journal::open(&dir, opts()).unwrap();
+        let mut ids: Vec<String> = j
+            .snapshot()
+            .sessions
+            .iter()
+            .map(|s| s.call_id.as_str().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c"]);
     }
 
     #[test]
