@@ -433,32 +433,25 @@ fn parse_lines(
     };
     // Line ends are ASCII, so every span is on char boundaries.
     let params = spans[1..].iter().map(|&(start, end)| &text[start..end]);
-    // The request is built where it is returned (no `Option` around it
-    // to unwrap: `Unknown` was answered above).
-    match command {
-        Command::Init => fold::<cmd::init::InitFields>(params, "init"),
-        Command::Start => fold::<cmd::start::StartFields>(params, "start"),
-        Command::Stop => fold::<cmd::stop::StopFields>(params, "stop"),
-        Command::Debug => fold::<cmd::debug::DebugFields>(params, "debug"),
-        Command::Terminate => fold::<cmd::terminate::TerminateFields>(params, "terminate"),
-        Command::Unknown => parse_block(block),
-    }
+    fold_command(command, params, || parse_block(block))
 }
 
-/// The request of a known `command` from its parameter lines (`None` for
-/// [`Command::Unknown`]).
+/// The request of a `command` from its parameter lines; `unknown` answers
+/// for [`Command::Unknown`]. The request is built where it is returned (no
+/// `Option` around it to unwrap, which cost a copy of it per request).
 fn fold_command<'a>(
     command: Command,
     lines: impl Iterator<Item = &'a str>,
-) -> Option<Result<Request, ProtocolError>> {
-    Some(match command {
+    unknown: impl FnOnce() -> Result<Request, ProtocolError>,
+) -> Result<Request, ProtocolError> {
+    match command {
         Command::Init => fold::<cmd::init::InitFields>(lines, "init"),
         Command::Start => fold::<cmd::start::StartFields>(lines, "start"),
         Command::Stop => fold::<cmd::stop::StopFields>(lines, "stop"),
         Command::Debug => fold::<cmd::debug::DebugFields>(lines, "debug"),
         Command::Terminate => fold::<cmd::terminate::TerminateFields>(lines, "terminate"),
-        Command::Unknown => return None,
-    })
+        Command::Unknown => unknown(),
+    }
 }
 
 /// Feeds the parameter lines of a `command` block to its [`Fields`].
@@ -489,8 +482,9 @@ fn parse_block(block: &[u8]) -> Result<Request, ProtocolError> {
     })?;
     let mut lines = Lines { text, pos: 0 };
     let word = lines.next().unwrap_or("");
-    fold_command(Command::of(word.as_bytes()), lines)
-        .unwrap_or_else(|| Err(ProtocolError::UnknownCommand(truncate(word, 64))))
+    fold_command(Command::of(word.as_bytes()), lines, || {
+        Err(ProtocolError::UnknownCommand(truncate(word, 64)))
+    })
 }
 
 /// The non-blank lines of a block, trimmed.

@@ -8,6 +8,14 @@ pub(crate) mod start;
 pub(crate) mod stop;
 pub(crate) mod terminate;
 
+use std::marker::PhantomData;
+
+use callcontrol_core::request::Request;
+use callcontrol_core::types::CallId;
+
+use crate::codec::{general_line, Fields};
+use crate::error::ProtocolError;
+
 /// `None` (any case) or empty → `None`.
 pub(crate) fn none_or(v: Option<&str>) -> Option<String> {
     // What OpenSIPS sends, without trimming again.
@@ -19,33 +27,45 @@ pub(crate) fn none_or(v: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The only key of `stop` and `terminate`: `callid`, required.
-#[derive(Default)]
-pub(crate) struct CallIdField<'a>(Option<&'a str>);
+/// A command whose only key is `callid`, required: `stop` and `terminate`.
+pub(crate) trait CallIdCommand {
+    /// The command's name, for the error naming it.
+    const NAME: &'static str;
+    /// Its request for a Call-ID.
+    fn request(call_id: CallId) -> Request;
+}
 
-impl<'a> CallIdField<'a> {
-    /// Takes `value` if `key` is `callid` (the last one wins).
-    pub(crate) fn set(&mut self, key: &'a str, value: &'a str) {
+/// The fields of a [`CallIdCommand`]: the `callid` (the last one wins).
+pub(crate) struct CallIdFields<'a, C>(Option<&'a str>, PhantomData<C>);
+
+impl<C> Default for CallIdFields<'_, C> {
+    fn default() -> Self {
+        CallIdFields(None, PhantomData)
+    }
+}
+
+impl<'a, C: CallIdCommand> Fields<'a> for CallIdFields<'a, C> {
+    fn set(&mut self, key: &'a str, value: &'a str) {
         if is_callid(key) {
             self.0 = Some(value);
         }
     }
-    /// Takes the value of a parameter `line` as the `callid` when it is
-    /// `callid:` and the value, as OpenSIPS sends it; `None` for any other
-    /// line (for the general split).
-    #[inline(always)]
-    pub(crate) fn exact_line(&mut self, line: &'a str) -> Option<()> {
-        self.0 = Some(crate::codec::value_after(line, "callid:")?);
-        Some(())
+    /// `callid:` and the value, as OpenSIPS sends it, without the general
+    /// split.
+    #[inline]
+    fn line(&mut self, line: &'a str) -> bool {
+        match crate::codec::value_after(line, "callid:") {
+            Some(value) => {
+                self.0 = Some(value);
+                true
+            }
+            None => general_line(self, line),
+        }
     }
-    /// The Call-ID, or the error naming `command`.
-    pub(crate) fn require(
-        self,
-        command: &'static str,
-    ) -> Result<callcontrol_core::types::CallId, crate::error::ProtocolError> {
+    fn finish(self) -> Result<Request, ProtocolError> {
         self.0
-            .map(callcontrol_core::types::CallId::new)
-            .ok_or(crate::error::ProtocolError::MissingKey("callid", command))
+            .map(|id| C::request(CallId::new(id)))
+            .ok_or(ProtocolError::MissingKey("callid", C::NAME))
     }
 }
 

@@ -1,29 +1,22 @@
 //! `stop`: the dialog ended, for whatever reason.
 
 use callcontrol_core::request::Request;
+use callcontrol_core::types::CallId;
 
-use super::CallIdField;
-use crate::codec::{general_line, Fields};
-use crate::error::ProtocolError;
+use super::{CallIdCommand, CallIdFields};
 
 /// `callid` is required.
-#[derive(Default)]
-pub(crate) struct StopFields<'a>(CallIdField<'a>);
+pub(crate) struct Stop;
 
-impl<'a> Fields<'a> for StopFields<'a> {
-    fn set(&mut self, key: &'a str, value: &'a str) {
-        self.0.set(key, value);
-    }
-    #[inline]
-    fn line(&mut self, line: &'a str) -> bool {
-        self.0.exact_line(line).is_some() || general_line(self, line)
-    }
-    fn finish(self) -> Result<Request, ProtocolError> {
-        Ok(Request::Stop {
-            call_id: self.0.require("stop")?,
-        })
+impl CallIdCommand for Stop {
+    const NAME: &'static str = "stop";
+    fn request(call_id: CallId) -> Request {
+        Request::Stop { call_id }
     }
 }
+
+/// The fields of a `stop` request.
+pub(crate) type StopFields<'a> = CallIdFields<'a, Stop>;
 
 /// `stop\r\ncallid: …\r\n\r\n`.
 pub(crate) fn write_request(call_id: &str, out: &mut Vec<u8>) {

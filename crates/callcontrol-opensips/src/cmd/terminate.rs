@@ -1,29 +1,22 @@
 //! `terminate`: an administrator ends a call now.
 
 use callcontrol_core::request::{Found, Request};
+use callcontrol_core::types::CallId;
 
-use super::CallIdField;
-use crate::codec::{general_line, Fields};
-use crate::error::ProtocolError;
+use super::{CallIdCommand, CallIdFields};
 
 /// `callid` is required.
-#[derive(Default)]
-pub(crate) struct TerminateFields<'a>(CallIdField<'a>);
+pub(crate) struct Terminate;
 
-impl<'a> Fields<'a> for TerminateFields<'a> {
-    fn set(&mut self, key: &'a str, value: &'a str) {
-        self.0.set(key, value);
-    }
-    #[inline]
-    fn line(&mut self, line: &'a str) -> bool {
-        self.0.exact_line(line).is_some() || general_line(self, line)
-    }
-    fn finish(self) -> Result<Request, ProtocolError> {
-        Ok(Request::Terminate {
-            call_id: self.0.require("terminate")?,
-        })
+impl CallIdCommand for Terminate {
+    const NAME: &'static str = "terminate";
+    fn request(call_id: CallId) -> Request {
+        Request::Terminate { call_id }
     }
 }
+
+/// The fields of a `terminate` request.
+pub(crate) type TerminateFields<'a> = CallIdFields<'a, Terminate>;
 
 /// `terminate\r\ncallid: …\r\n\r\n`.
 pub(crate) fn write_request(call_id: &str, out: &mut Vec<u8>) {
