@@ -1917,9 +1917,9 @@ mod tests {
         assert_eq!((back.len(), valid), (1000, seg.len));
     }
 
-    #[test]
-    fn the_writer_grows_into_the_mapping_prepared_ahead() {
-        let dir = tmp();
+    /// A segment with population on, filled until the window populated
+    /// ahead reaches past its first reservation; and the records written.
+    fn a_segment_near_its_end(dir: &Path) -> (Arc<Ahead>, Segment, usize) {
         let ahead = Arc::new(Ahead::new(true));
         let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
         let mut n = 0;
@@ -1927,6 +1927,13 @@ mod tests {
             seg.append(&one_session_record(n)).unwrap();
             n += 1;
         }
+        (ahead, seg, n)
+    }
+
+    #[test]
+    fn the_writer_grows_into_the_mapping_prepared_ahead() {
+        let dir = tmp();
+        let (ahead, mut seg, mut n) = a_segment_near_its_end(&dir);
         ahead.populate();
         let prepared = lock(&ahead.slot)
             .next
@@ -1959,13 +1966,7 @@ mod tests {
     #[test]
     fn a_mapping_prepared_before_a_reset_is_not_used_after_it() {
         let dir = tmp();
-        let ahead = Arc::new(Ahead::new(true));
-        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
-        let mut n = 0;
-        while seg.len + AHEAD <= FIRST_RESERVE {
-            seg.append(&one_session_record(n)).unwrap();
-            n += 1;
-        }
+        let (ahead, mut seg, _) = a_segment_near_its_end(&dir);
         ahead.populate();
         assert!(lock(&ahead.slot).next.is_some());
         seg.reset().unwrap();
