@@ -252,7 +252,7 @@ where
 /// [`serve_connection`], with the shutdown signal optional: the server's
 /// own connections get none (it ends their reading instead).
 async fn serve_stream<S>(
-    stream: S,
+    mut stream: S,
     handle: Handle,
     config: &ServerConfig,
     mut cancelled: Option<Pin<&mut WaitForCancellationFuture<'_>>>,
@@ -260,7 +260,6 @@ async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut stream = stream;
     let mut decoder = Decoder::new();
     // Replies not written yet: those of the requests read together go out
     // in one write (a pipelining client's too, by up to `OUT_BUFFER` bytes).
