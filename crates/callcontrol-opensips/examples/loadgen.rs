@@ -17,8 +17,12 @@
 //! `--server-threads N` (tokio workers of the spawned daemon; 1 = a
 //! current-thread runtime), `--echo-threads N` (the same for the echo
 //! responder; default 1, its best setting on a 2-core machine),
-//! `--client-threads N`, and `--engine-only` (the engine and driver alone
-//! through the handle, no sockets).
+//! `--client-threads N`, `--engine-only` (the engine and driver alone
+//! through the handle, no sockets), and `--series FILE`: every reply of the
+//! last run measured, one line each (`<µs since the run started> <latency
+//! µs> <1 for an init>`), after a `# CLOCK_MONOTONIC <s>` line giving the
+//! run's start on the clock `perf record -k CLOCK_MONOTONIC` uses, so that
+//! the slow replies can be lined up with a `perf sched` trace.
 //!
 //! Each worker owns one connection and is strictly request → reply, as an
 //! OpenSIPS worker: a blocking `send`, then `poll(POLLIN)` and `recv`. So
@@ -73,6 +77,7 @@ struct Args {
     client_threads: usize,
     server_threads: usize,
     echo_threads: usize,
+    series: Option<PathBuf>,
 }
 
 /// `--serve`/`--serve-echo` mode: socket path, echo or not, threads.
@@ -90,6 +95,7 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
         client_threads: 1,
         server_threads: 2,
         echo_threads: ECHO_THREADS,
+        series: None,
     };
     let mut serve = None;
     let mut it = std::env::args().skip(1);
@@ -115,6 +121,7 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
             "--runs" => a.runs = val()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--prefill" => a.prefill = val()?.parse().map_err(|e| format!("--prefill: {e}"))?,
             "--no-echo" => a.echo = false,
+            "--series" => a.series = Some(PathBuf::from(val()?)),
             "--engine-only" => {
                 runtime(1).block_on(engine_only());
                 std::process::exit(0);
@@ -508,16 +515,20 @@ struct Sample {
     /// Latencies in µs: all requests, and the `init`s alone.
     all: Vec<u32>,
     init: Vec<u32>,
+    /// With `--series`: when each reply came, and its latency in µs (the
+    /// low bit: an `init`).
+    series: Option<Vec<(Instant, u32)>>,
     elapsed: Duration,
     cpu: Option<Duration>,
     client_cpu: Option<Duration>,
 }
 
 impl Sample {
-    fn with_capacity(requests: usize) -> Sample {
+    fn with_capacity(requests: usize, series: bool) -> Sample {
         Sample {
             all: Vec::with_capacity(requests),
             init: Vec::with_capacity(requests / 3 + 16),
+            series: series.then(|| Vec::with_capacity(requests)),
             ..Default::default()
         }
     }
@@ -528,6 +539,9 @@ impl Sample {
         self.all.push(us);
         if init {
             self.init.push(us);
+        }
+        if let Some(series) = &mut self.series {
+            series.push((now, us.saturating_mul(2) | u32::from(init)));
         }
         self.mismatches += u64::from(!ok);
     }
@@ -562,13 +576,15 @@ impl Shared {
 const EXPECTED_CALLS_PER_S: f64 = 100_000.0;
 
 /// Runs `n` workers for `duration`, or, with `prefill`, until that many
-/// calls are inited and started (and left in progress).
+/// calls are inited and started (and left in progress). With `series`, the
+/// sample keeps every reply's time (see `--series`).
 async fn run_load(
     path: &Path,
     n: usize,
     duration: Duration,
     prefix: &str,
     prefill: Option<u64>,
+    series: bool,
 ) -> Sample {
     let shared = Arc::new(Shared::new(n));
     let mut conns = Vec::with_capacity(n);
@@ -584,7 +600,7 @@ async fn run_load(
     for (k, conn) in conns.into_iter().enumerate() {
         let shared = shared.clone();
         let prefix = prefix.to_string();
-        let sample = Sample::with_capacity(requests);
+        let sample = Sample::with_capacity(requests, series);
         tasks.push(tokio::spawn(async move {
             match prefill {
                 Some(p) => prefill_worker(k, conn, &prefix, p.div_ceil(n as u64), sample).await,
@@ -599,16 +615,35 @@ async fn run_load(
             w.notify_one();
         }
     }
-    let mut total = Sample::with_capacity(requests * n);
+    let mut total = Sample::with_capacity(requests * n, series);
     for t in tasks {
         let s = t.await.expect("worker task").expect("worker");
         total.calls += s.calls;
         total.mismatches += s.mismatches;
         total.all.extend(s.all);
         total.init.extend(s.init);
+        if let (Some(all), Some(one)) = (&mut total.series, s.series) {
+            all.extend(one);
+        }
     }
     total.elapsed = t0.elapsed();
     total
+}
+
+/// Writes `series` (see `--series`) to `path`, times from `t0`.
+fn write_series(path: &Path, t0: Instant, series: &mut [(Instant, u32)]) -> io::Result<()> {
+    // The run's start on CLOCK_MONOTONIC (which `Instant` reads on Linux).
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let start =
+        Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32).saturating_sub(t0.elapsed());
+    series.sort_unstable_by_key(|&(at, _)| at);
+    let mut out = io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "# CLOCK_MONOTONIC {:.6}", start.as_secs_f64())?;
+    for &(at, v) in series.iter() {
+        let us = at.saturating_duration_since(t0).as_micros();
+        writeln!(out, "{us} {} {}", v >> 1, v & 1)?;
+    }
+    out.flush()
 }
 
 /// Worker `k` of `n` until `shared.stop`: the `init`s of its own calls (at
@@ -751,12 +786,26 @@ fn spawn_server(dir: &Path, echo: bool, threads: usize) -> Target {
     }
 }
 
-async fn measure(t: &Target, n: usize, duration: Duration, runs: usize, tag: &str) -> Vec<Sample> {
+async fn measure(
+    t: &Target,
+    n: usize,
+    duration: Duration,
+    runs: usize,
+    tag: &str,
+    series: Option<&Path>,
+) -> Vec<Sample> {
     let mut samples = Vec::new();
     for r in 0..runs {
         let cpu0 = t.pid.and_then(cpu_of);
         let own0 = cpu_of(std::process::id());
-        let mut s = run_load(&t.path, n, duration, &format!("{tag}{n}r{r}"), None).await;
+        let t0 = Instant::now();
+        let prefix = format!("{tag}{n}r{r}");
+        let mut s = run_load(&t.path, n, duration, &prefix, None, series.is_some()).await;
+        if let (Some(path), Some(replies)) = (series, &mut s.series) {
+            if let Err(e) = write_series(path, t0, replies) {
+                eprintln!("--series {}: {e}", path.display());
+            }
+        }
         let cpu1 = t.pid.and_then(cpu_of);
         let own1 = cpu_of(std::process::id());
         s.cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
@@ -848,7 +897,8 @@ async fn bench(args: Args) {
     let mut rates = Vec::new();
     for t in &targets {
         for &n in &args.connections {
-            let mut samples = measure(t, n, args.duration, args.runs, "c").await;
+            let mut samples =
+                measure(t, n, args.duration, args.runs, "c", args.series.as_deref()).await;
             rates.push((t.name.as_str(), n, report(&t.name, n, &mut samples)));
         }
     }
@@ -872,6 +922,7 @@ async fn bench(args: Args) {
             args.duration,
             "prefill",
             Some(args.prefill as u64),
+            false,
         )
         .await;
         println!(
@@ -879,7 +930,8 @@ async fn bench(args: Args) {
             s.calls,
             s.elapsed.as_secs_f64()
         );
-        let mut samples = measure(t, n, args.duration, args.runs, "p").await;
+        let mut samples =
+            measure(t, n, args.duration, args.runs, "p", args.series.as_deref()).await;
         report(
             &format!("{} +{}k", t.name, args.prefill / 1000),
             n,
