@@ -628,3 +628,116 @@ fn the_cli_refuses_a_timeout_that_is_not_a_positive_number() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A tmpfs mounted for the life of a test (root only), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` on `path`; `None` when not allowed.
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `path` (a file written until it is full).
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 16 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    // The last partial chunk may have been kept by the page cache only.
+    let _ = f.sync_all();
+}
+
+/// A call with a long request URI: its `init` takes about 7 KB of journal.
+fn bulky_init(call_id: &str) -> callcontrol_core::request::InitRequest {
+    let mut req = opensips_init(call_id, "filler");
+    req.ruri = format!("sip:{}@example.com", "7".repeat(7000));
+    req
+}
+
+#[tokio::test]
+async fn a_full_disk_loses_no_session_once_there_is_room_again() {
+    let setup = Setup::new("limit = 600");
+    let Some(_tmpfs) = Tmpfs::mount(&setup.run_dir(), "8m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root: mounting a tmpfs must work there"
+        );
+        eprintln!("skipped: mounting a tmpfs for the runtime directory needs root");
+        return;
+    };
+    let log = setup.dir.path().join("daemon.log");
+    let mut cmd = setup.command();
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let daemon = setup.spawn(cmd).await;
+    let logged = |what: &str| std::fs::read_to_string(&log).unwrap().contains(what);
+    answered_call(&setup, "before@h", DialogId::new(1, 1)).await;
+
+    // The disk fills up; calls go on until the journal outgrows the space it
+    // had reserved.
+    let ballast = setup.dir.path().join("run").join("ballast");
+    fill(&ballast);
+    let mut w = setup.worker().await;
+    let mut n = 0;
+    while !logged("Session journal write failed") {
+        assert!(n < 2_000, "the journal never found the disk full");
+        let id = format!("filler-{n}@h");
+        assert_eq!(w.init(bulky_init(&id)).await.unwrap(), InitReply::Limited);
+        assert_eq!(w.stop(&id).await.unwrap(), Found::Ok);
+        n += 1;
+    }
+    // Still answering, and what it acknowledges now is kept in memory.
+    for k in 0..3 {
+        answered_call(&setup, &format!("full-{k}@h"), DialogId::new(2, k)).await;
+    }
+    let mut listed_ids: Vec<String> = listed(&setup).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(listed_ids, ["before@h", "full-0@h", "full-1@h", "full-2@h"]);
+
+    // Room again: a request after the retry period has the whole state
+    // written, and journalling resumes.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut probe = 0;
+    while !logged("Session journal writable again") {
+        assert!(probe < 100, "the state was never written again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = format!("probe-{probe}@h");
+        assert_eq!(
+            w.init(opensips_init(&id, "p")).await.unwrap(),
+            InitReply::Limited
+        );
+        assert_eq!(w.stop(&id).await.unwrap(), Found::Ok);
+        probe += 1;
+    }
+    answered_call(&setup, "after@h", DialogId::new(3, 1)).await;
+
+    // kill -9: every call acknowledged, before, during and after the full
+    // disk, is there after a restart.
+    drop(daemon);
+    let mut daemon = setup.start().await;
+    listed_ids = listed(&setup).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        listed_ids,
+        ["after@h", "before@h", "full-0@h", "full-1@h", "full-2@h"]
+    );
+    assert!(daemon.terminate().await.success());
+}

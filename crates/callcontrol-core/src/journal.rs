@@ -210,6 +210,9 @@ struct Inner {
     compacting: bool,
     /// Size of the last snapshot written.
     snapshot_bytes: u64,
+    /// Sessions and debits in it (with its size: what a snapshot of the
+    /// state takes per item, to know whether one can fit on the disk).
+    snapshot_items: u64,
 }
 
 /// What the appending side and the background thread share without the lock.
@@ -365,6 +368,7 @@ impl Journal {
             retry_at: Instant::now(),
             compacting: false,
             snapshot_bytes: 0,
+            snapshot_items: 0,
         };
         // Start from a fresh snapshot and an empty journal, remembering when
         // the previous run was last alive.
@@ -515,6 +519,17 @@ impl SessionStore for Journal {
             // still queued finds `.old` gone and gives way.)
             let _files = lock(&self.flags.files);
             let mut inner = lock(&self.inner);
+            if inner.failed {
+                // While the disk stays full, each retry would serialise the
+                // whole state (40 MB of JSON with 100,000 sessions, on the
+                // thread that answers the proxy) only to fail writing it:
+                // not tried until the snapshot can fit.
+                let items = (state.sessions.len() + state.debits.len()) as u64;
+                if let Some(short) = inner.space_short_of_snapshot(items) {
+                    inner.retry_at = Instant::now() + RETRY_FAILED;
+                    return Err(short.into());
+                }
+            }
             return match inner.compact(shared_out(&state), false, None) {
                 Ok(()) => {
                     if inner.failed {
@@ -526,7 +541,7 @@ impl SessionStore for Journal {
                 Err(e) => {
                     // Nothing is appended meanwhile; asked again in a second.
                     inner.failed = true;
-                    inner.retry_at = Instant::now() + Duration::from_secs(1);
+                    inner.retry_at = Instant::now() + RETRY_FAILED;
                     Err(e)
                 }
             };
@@ -606,7 +621,9 @@ impl Inner {
         clean: bool,
         down_since: Option<Timestamp>,
     ) -> Result<(), StoreError> {
+        let items = (state.sessions.len() + state.debits.len()) as u64;
         self.snapshot_bytes = write_snapshot(&self.dir, state, clean, down_since)?;
+        self.snapshot_items = items;
         // The snapshot holds everything: a journal left by an unfinished
         // background compaction is no longer needed.
         match fs::remove_file(self.dir.join(OLD_JOURNAL_FILE)) {
@@ -649,6 +666,31 @@ impl Inner {
         Ok(old.file)
     }
 
+    /// When the filesystem of the journal has less room than a snapshot of
+    /// `items` sessions and debits and a new journal need: the error to
+    /// return instead of trying. `None` when it has room, or cannot say.
+    fn space_short_of_snapshot(&self, items: u64) -> Option<io::Error> {
+        let per_item = match self.snapshot_items {
+            0 => SNAPSHOT_BYTES_PER_ITEM,
+            n => self.snapshot_bytes / n + 1,
+        };
+        let needed = items
+            .saturating_mul(per_item)
+            .saturating_add(FIRST_RESERVE as u64);
+        let fs = nix::sys::statvfs::statvfs(&self.dir).ok()?;
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        (free < needed).then(|| {
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{free} bytes free in {}, a snapshot of {items} sessions and debits needs \
+                     about {needed}: not tried",
+                    self.dir.display()
+                ),
+            )
+        })
+    }
+
     /// Journal size past which the background thread compacts: the
     /// configured size, or the last snapshot's if larger, so that with many
     /// sessions in progress a compaction (which rewrites all of them) is not
@@ -663,7 +705,12 @@ impl Inner {
 /// in every order: before the snapshot's rename, old snapshot + old journal +
 /// journal are complete; after it, replaying the old journal on the new
 /// snapshot changes nothing (the snapshot is the result of all of it).
-fn finish_compaction(dir: &Path, state: &SharedState, old: Arc<File>) -> Result<u64, StoreError> {
+/// Returns the snapshot's size and its sessions and debits.
+fn finish_compaction(
+    dir: &Path,
+    state: &SharedState,
+    old: Arc<File>,
+) -> Result<(u64, u64), StoreError> {
     // The renamed journal is flushed before anything newer is: until the
     // snapshot replaces the old one, a power loss needs all of it.
     old.sync_data()?;
@@ -671,7 +718,7 @@ fn finish_compaction(dir: &Path, state: &SharedState, old: Arc<File>) -> Result<
     let bytes = write_snapshot(dir, shared_out(state), false, None)?;
     fs::remove_file(dir.join(OLD_JOURNAL_FILE))?;
     sync_dir(dir);
-    Ok(bytes)
+    Ok((bytes, (state.sessions.len() + state.debits.len()) as u64))
 }
 
 fn sync_dir(dir: &Path) {
@@ -751,7 +798,10 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
                 let mut i = lock(&inner);
                 i.compacting = false;
                 match result {
-                    Ok(Some(bytes)) => i.snapshot_bytes = bytes,
+                    Ok(Some((bytes, items))) => {
+                        i.snapshot_bytes = bytes;
+                        i.snapshot_items = items;
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         error!("Session journal: compaction failed, retrying in full: {e}");
@@ -810,6 +860,13 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
         ahead.populate();
     }
 }
+
+/// While the journal cannot be written: how long before the state is asked
+/// for again.
+const RETRY_FAILED: Duration = Duration::from_secs(1);
+
+/// A session's size in a snapshot, before the first snapshot tells.
+const SNAPSHOT_BYTES_PER_ITEM: u64 = 1024;
 
 /// Bytes reserved for a new journal file; doubled as it fills.
 const FIRST_RESERVE: usize = 1 << 20;
@@ -2151,6 +2208,73 @@ mod tests {
             .collect();
         ids.sort();
         assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_fit_on_the_disk_is_not_tried_until_it_can() {
+        let dir = tmp();
+        let mut j = Journal::open(&dir, opts()).unwrap();
+        j.apply(&[StoreChange::from(session("a"))]).unwrap();
+        let before = fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
+        let state = || SharedState {
+            sessions: vec![Arc::new(session("a")), Arc::new(session("b"))],
+            debits: vec![debit(3, "c")],
+        };
+        // A write failed; the last snapshot says a session takes more than
+        // any disk holds.
+        {
+            let mut i = lock(&j.inner);
+            i.failed = true;
+            (i.snapshot_bytes, i.snapshot_items) = (u64::MAX / 2, 1);
+        }
+        let e = j.save_state(state()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Io(io) if io.kind() == io::ErrorKind::StorageFull),
+            "{e}"
+        );
+        assert_eq!(fs::read(dir.join(SNAPSHOT_FILE)).unwrap(), before);
+        assert!(!dir.join(format!("{SNAPSHOT_FILE}.tmp")).exists());
+        {
+            let i = lock(&j.inner);
+            assert!(i.failed);
+            assert!(i.retry_at > Instant::now());
+        }
+        // Nothing is appended meanwhile (it would leave a gap).
+        j.apply(&[StoreChange::from(session("d"))]).unwrap();
+        assert!(!j.wants_state(), "asked again only after a retry period");
+        // Room again: the state is written whole and appends resume.
+        {
+            let mut i = lock(&j.inner);
+            (i.snapshot_bytes, i.snapshot_items) = (500, 1);
+        }
+        j.save_state(state()).unwrap();
+        assert!(!lock(&j.inner).failed);
+        assert_eq!(lock(&j.inner).snapshot_items, 3);
+        j.apply(&[StoreChange::from(session("e"))]).unwrap();
+        drop(j);
+        let j = Journal::open(&dir, opts()).unwrap();
+        let mut ids: Vec<String> = j
+            .snapshot()
+            .sessions
+            .iter()
+            .map(|s| s.call_id.as_str().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "e"]);
+        assert_eq!(j.snapshot().debits.len(), 1);
+    }
+
+    #[test]
+    fn the_space_a_snapshot_needs_is_its_size_per_item_times_the_items() {
+        let dir = tmp();
+        let j = Journal::open(&dir, opts()).unwrap();
+        let mut i = lock(&j.inner);
+        (i.snapshot_bytes, i.snapshot_items) = (1000, 10);
+        assert!(i.space_short_of_snapshot(10).is_none());
+        assert!(i.space_short_of_snapshot(u64::MAX / 200).is_some());
+        (i.snapshot_bytes, i.snapshot_items) = (0, 0);
+        assert!(i.space_short_of_snapshot(1).is_none());
+        assert!(i.space_short_of_snapshot(u64::MAX / 2000).is_some());
     }
 
     #[test]
