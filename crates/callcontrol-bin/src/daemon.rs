@@ -789,15 +789,58 @@ async fn reload(current: &mut Config, options: &RunOptions, handle: &driver::Han
     } else {
         info!("Reloaded the configuration: {}", changed.join(", "));
     }
-    let restart_needed = current.socket(&options.runtime_dir) != new.socket(&options.runtime_dir)
-        || current.cdrtool.address != new.cdrtool.address
-        || current.call_control.proxy != new.call_control.proxy
-        || current.opensips != new.opensips
-        || current.kamailio != new.kamailio
-        || current.web != new.web
-        || current.call_control.journal_fsync != new.call_control.journal_fsync;
-    if restart_needed {
-        warn!("Some changed settings (socket, [CDRTool] address, proxy, [OpenSIPS], [Web], journal) take effect only after a restart");
+    let not_live = changed_until_restart(current, &new, &options.runtime_dir);
+    if !not_live.is_empty() {
+        warn!(
+            "Changed settings that take effect only after a restart: {}",
+            not_live.join(", ")
+        );
     }
     *current = new;
+}
+
+/// The settings that differ between `current` and `new` and are read only
+/// at start (everything but the live `[CallControl]` settings).
+fn changed_until_restart(current: &Config, new: &Config, runtime_dir: &Path) -> Vec<&'static str> {
+    let (c, n) = (&current.call_control, &new.call_control);
+    [
+        (
+            "socket",
+            current.socket(runtime_dir) != new.socket(runtime_dir),
+        ),
+        ("group", c.group != n.group),
+        ("proxy", c.proxy != n.proxy),
+        ("journal_fsync", c.journal_fsync != n.journal_fsync),
+        ("[CDRTool]", current.cdrtool != new.cdrtool),
+        ("[OpenSIPS]", current.opensips != new.opensips),
+        ("[Kamailio]", current.kamailio != new.kamailio),
+        ("[Web]", current.web != new.web),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_every_changed_setting_that_needs_a_restart() {
+        let dir = Path::new("/run/callcontrol");
+        let current = Config::default();
+        assert!(changed_until_restart(&current, &current.clone(), dir).is_empty());
+        let mut new = current.clone();
+        new.cdrtool.timeout = Duration::from_millis(900);
+        new.call_control.group = "voip".into();
+        new.web.port = Some(9001);
+        assert_eq!(
+            changed_until_restart(&current, &new, dir),
+            ["group", "[CDRTool]", "[Web]"]
+        );
+        // The live settings are not among them.
+        let mut live = current.clone();
+        live.call_control.engine.limit = Some(60);
+        assert!(changed_until_restart(&current, &live, dir).is_empty());
+    }
 }
