@@ -2200,6 +2200,11 @@ mod tests {
             // Dropped without closing: a kill -9.
         }
         let j = Journal::open(&dir, opts()).unwrap();
+        assert_eq!(session_ids(&j), ["a", "b", "c"]);
+    }
+
+    /// The Call-IDs of the sessions `j` recovered, sorted.
+    fn session_ids(j: &Journal) -> Vec<String> {
         let mut ids: Vec<String> = j
             .snapshot()
             .sessions
@@ -2207,7 +2212,7 @@ mod tests {
             .map(|s| s.call_id.as_str().to_string())
             .collect();
         ids.sort();
-        assert_eq!(ids, ["a", "b", "c"]);
+        ids
     }
 
     #[test]
@@ -2253,14 +2258,7 @@ mod tests {
         j.apply(&[StoreChange::from(session("e"))]).unwrap();
         drop(j);
         let j = Journal::open(&dir, opts()).unwrap();
-        let mut ids: Vec<String> = j
-            .snapshot()
-            .sessions
-            .iter()
-            .map(|s| s.call_id.as_str().to_string())
-            .collect();
-        ids.sort();
-        assert_eq!(ids, ["a", "b", "e"]);
+        assert_eq!(session_ids(&j), ["a", "b", "e"]);
         assert_eq!(j.snapshot().debits.len(), 1);
     }
 
