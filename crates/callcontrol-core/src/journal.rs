@@ -310,8 +310,8 @@ enum Msg {
     /// Finish a compaction: flush the renamed journal, write this state as
     /// the snapshot, remove the renamed journal.
     Compact(SharedState, Arc<File>),
-    /// The writer nears the end of the pages populated for it.
-    Populate,
+    /// The writer nears where the background thread last looked ahead.
+    Prepare,
 }
 
 /// The durable session store. See the module docs.
@@ -355,7 +355,7 @@ impl Journal {
         let (snapshot, mut recovery) = recover(dir)?;
         // Not emptied yet: the compaction below empties it only once the
         // snapshot that replaces it is written.
-        let ahead = Arc::new(Ahead::new(opts.fsync != FsyncPolicy::Always));
+        let ahead = Arc::new(Ahead::default());
         let seg = Segment::create(&dir.join(JOURNAL_FILE), ahead.clone())?;
         let mut inner = Inner {
             dir: dir.to_path_buf(),
@@ -480,9 +480,9 @@ impl SessionStore for Journal {
             self.flags.due.store(true, Ordering::Release);
             return Ok(());
         }
-        if inner.seg.wants_population() {
+        if inner.seg.wants_next_mapping() {
             if let Some(tx) = &self.tx {
-                let _ = tx.send(Msg::Populate);
+                let _ = tx.send(Msg::Prepare);
             }
         }
         if inner.opts.fsync == FsyncPolicy::Always {
@@ -766,23 +766,23 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
         };
         sync.min(i.opts.heartbeat).max(Duration::from_millis(10))
     };
-    ahead.populate();
+    ahead.prepare();
     let mut next_tick = Instant::now() + tick;
     let mut quiet = Quiet::new(Instant::now());
     loop {
-        // Messages (asked to populate several times a second under load)
+        // Messages (asked to look ahead several times a second under load)
         // do not put off the tick.
         let wait = next_tick.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(Msg::Populate) => {
-                ahead.populate();
+            Ok(Msg::Prepare) => {
+                ahead.prepare();
                 if Instant::now() < next_tick {
                     continue;
                 }
             }
             Ok(Msg::Compact(state, old)) => {
-                // The new journal's pages first: the writer is in it.
-                ahead.populate();
+                // The new journal's next mapping first: the writer is in it.
+                ahead.prepare();
                 let dir = lock(&inner).dir.clone();
                 let result = {
                     let _files = lock(&flags.files);
@@ -855,9 +855,8 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
             flags.due.store(true, Ordering::Release);
         }
         drop(i);
-        // A flush write-protects the pages it cleaned, those ahead of the
-        // writer too: populate them again (and unmap retired mappings).
-        ahead.populate();
+        // Unmaps retired mappings, prepares the next one if it is time.
+        ahead.prepare();
     }
 }
 
@@ -874,11 +873,12 @@ const FIRST_RESERVE: usize = 1 << 20;
 /// The largest reservation: past it, a record is larger than replay accepts.
 const MAX_RESERVE: usize = 4 * MAX_RECORD as usize;
 
-/// How far past the write position the background thread populates the
-/// mapping (a few tens of milliseconds of records at full load)…
+/// The background thread prepares the next mapping once the writer is
+/// within this of the end of its own (a few tens of milliseconds of records
+/// at full load)…
 const AHEAD: usize = 512 << 10;
-/// … and how close to the end of what it populated the writer gets before
-/// it asks for more.
+/// … and the writer asks it to look again when it has come this close to
+/// where it last looked.
 const AHEAD_LOW: usize = 256 << 10;
 
 /// The journal file, mapped into memory (`MAP_SHARED`). Appending a record
@@ -888,12 +888,11 @@ const AHEAD_LOW: usize = 256 << 10;
 /// and never a store into the mapping; the reserved tail is zeros, which
 /// replay reads as the end of the journal.
 ///
-/// The first store into a page of the mapping would take a page fault on
-/// the request path (page cache lookup, zeroing, the filesystem's
-/// `page_mkwrite`), and so would the first store after each flush (which
-/// write-protects the pages it cleans): the background thread populates the
-/// pages ahead of the writer instead ([`Ahead`]), and prepares the next,
-/// doubled, reservation before the writer needs it.
+/// Growing the reservation (`posix_fallocate`, a new mapping) and unmapping
+/// the old mapping are done by the background thread ([`Ahead`]), before the
+/// writer needs the next, doubled, reservation. The pages themselves fault
+/// in as records reach them: populating them ahead from the background
+/// thread (`MADV_POPULATE_WRITE`) was tried and measured worse (see ADR 0002).
 struct Segment {
     file: Arc<File>,
     map: Option<WriterMap>,
@@ -936,9 +935,8 @@ impl Segment {
         self.reserve(FIRST_RESERVE)
     }
 
-    /// Grows the file to `cap` bytes (allocated on disk) and maps it; its
-    /// pages are populated by the background thread, which the writer asks
-    /// at once (nothing is populated yet).
+    /// Grows the file to `cap` bytes (allocated on disk) and maps it; the
+    /// writer asks the background thread to look ahead at once.
     fn reserve(&mut self, cap: usize) -> io::Result<()> {
         fallocate(&self.file, self.cap, cap)?;
         let map = Arc::new(map_file(&self.file, cap)?);
@@ -950,12 +948,12 @@ impl Segment {
     }
 
     /// Grows to `cap` bytes: into the mapping the background thread
-    /// prepared (file grown, pages ahead populated) if it did, or now.
+    /// prepared (file grown, mapped) if it did, or now.
     fn grow(&mut self, cap: usize) -> io::Result<()> {
         match self.ahead.take_next(cap) {
-            Some((map, ready)) => {
+            Some(map) => {
                 self.ahead
-                    .publish(Some(map.clone()), &self.file, self.len, ready);
+                    .publish(Some(map.clone()), &self.file, self.len, 0);
                 self.map = Some(WriterMap(map));
                 self.cap = cap;
                 Ok(())
@@ -1010,37 +1008,29 @@ impl Segment {
         }
     }
 
-    /// Whether the writer is within [`AHEAD_LOW`] of the end of the pages
-    /// populated for it and should ask the background thread for more
-    /// (true once per request).
-    fn wants_population(&self) -> bool {
+    /// Whether the writer is within [`AHEAD_LOW`] of where the background
+    /// thread last looked ahead and should ask it to look again (true once
+    /// per request).
+    fn wants_next_mapping(&self) -> bool {
         self.len + AHEAD_LOW > self.ahead.ready.load(Ordering::Relaxed)
-            && !self.ahead.off.load(Ordering::Relaxed)
             && !self.ahead.asked.swap(true, Ordering::Relaxed)
     }
 }
 
 /// What the writer and the background thread share so that the background
-/// thread populates the writer's mapping ahead of it (without the
-/// journal's lock: a population of half a megabyte takes a few hundred
-/// microseconds).
+/// thread prepares the writer's next mapping ahead of it, and unmaps the old
+/// ones, without the journal's lock (reserving and mapping a few megabytes,
+/// or unmapping them, takes up to a millisecond).
+#[derive(Default)]
 struct Ahead {
     /// The writer's position in its mapping (`Segment::len`).
     pos: AtomicUsize,
-    /// The background thread has done what it can up to here (populated
-    /// the pages from `pos`, in this mapping and in the next one; or failed
-    /// to): the writer asks again when it comes within [`AHEAD_LOW`] of it.
+    /// The background thread has looked ahead up to here (and prepared the
+    /// next mapping if this is past the end of the writer's, or failed to):
+    /// the writer asks again when it comes within [`AHEAD_LOW`] of it.
     ready: AtomicUsize,
-    /// The writer asked for more (cleared when the background thread starts
-    /// on it).
+    /// The writer asked (cleared when the background thread starts on it).
     asked: AtomicBool,
-    /// Populating is off: with `fsync = always` (every batch's flush
-    /// write-protects the pages again), or when the kernel cannot
-    /// (`MADV_POPULATE_WRITE` needs Linux 5.14): pages fault in as records
-    /// reach them, as without it.
-    off: AtomicBool,
-    /// A failure to populate was logged.
-    logged: AtomicBool,
     slot: Mutex<Slot>,
 }
 
@@ -1053,26 +1043,16 @@ struct Slot {
     map: Option<Arc<memmap2::MmapRaw>>,
     file: Option<Arc<File>>,
     /// The next, doubled, mapping, prepared by the background thread (the
-    /// file grown to its size), and how far it is populated.
-    next: Option<(Arc<memmap2::MmapRaw>, usize)>,
+    /// file grown to its size).
+    next: Option<Arc<memmap2::MmapRaw>>,
     /// Mappings the writer no longer uses: unmapped by the background thread
-    /// (unmapping a few populated megabytes is not free).
+    /// (unmapping a few megabytes of written pages is not free).
     retired: Vec<Arc<memmap2::MmapRaw>>,
 }
 
 impl Ahead {
-    fn new(enabled: bool) -> Ahead {
-        Ahead {
-            pos: AtomicUsize::new(0),
-            ready: AtomicUsize::new(0),
-            asked: AtomicBool::new(false),
-            off: AtomicBool::new(!enabled),
-            logged: AtomicBool::new(false),
-            slot: Mutex::new(Slot::default()),
-        }
-    }
-
-    /// The writer's mapping is now `map`, at `pos`, populated up to `ready`.
+    /// The writer's mapping is now `map`, at `pos`, looked ahead up to
+    /// `ready`.
     fn publish(
         &self,
         map: Option<Arc<memmap2::MmapRaw>>,
@@ -1082,7 +1062,7 @@ impl Ahead {
     ) {
         let mut slot = lock(&self.slot);
         slot.generation += 1;
-        let old = [slot.map.take(), slot.next.take().map(|(m, _)| m)];
+        let old = [slot.map.take(), slot.next.take()];
         slot.retired.extend(old.into_iter().flatten());
         slot.map = map;
         slot.file = Some(file.clone());
@@ -1091,92 +1071,53 @@ impl Ahead {
     }
 
     /// The prepared mapping, if it is `cap` bytes long.
-    fn take_next(&self, cap: usize) -> Option<(Arc<memmap2::MmapRaw>, usize)> {
+    fn take_next(&self, cap: usize) -> Option<Arc<memmap2::MmapRaw>> {
         let mut slot = lock(&self.slot);
         match &slot.next {
-            Some((map, _)) if map.len() == cap => slot.next.take(),
+            Some(map) if map.len() == cap => slot.next.take(),
             _ => None,
         }
     }
 
-    /// Runs on the background thread: populates the writer's mapping from
-    /// its position to [`AHEAD`] past it, and when that reaches the end of
-    /// the mapping, grows the file and prepares the next mapping (populated
-    /// the same). Also unmaps retired mappings.
-    fn populate(&self) {
-        let (generation, map, next, file, retired) = {
+    /// Runs on the background thread: when the writer is within [`AHEAD`]
+    /// of the end of its mapping, grows the file and prepares the next,
+    /// doubled, mapping. Also unmaps retired mappings.
+    fn prepare(&self) {
+        let (generation, map, has_next, file, retired) = {
             let mut slot = lock(&self.slot);
             (
                 slot.generation,
                 slot.map.clone(),
-                slot.next.as_ref().map(|(m, _)| m.clone()),
+                slot.next.is_some(),
                 slot.file.clone(),
                 std::mem::take(&mut slot.retired),
             )
         };
         drop(retired);
-        if self.off.load(Ordering::Relaxed) {
-            return;
-        }
         self.asked.store(false, Ordering::Relaxed);
         let (Some(map), Some(file)) = (map, file) else {
             return;
         };
-        let pos = self.pos.load(Ordering::Relaxed);
-        let end = pos.saturating_add(AHEAD);
-        self.populate_range(&map, pos, end);
-        let next = match next {
-            Some(next) => Some(next),
-            None if end > map.len() && map.len() * 2 <= MAX_RESERVE => {
-                let cap = map.len() * 2;
-                match fallocate(&file, map.len(), cap).and_then(|()| map_file(&file, cap)) {
-                    Ok(next) => Some(Arc::new(next)),
-                    Err(e) => {
-                        // The writer will meet it (and report it) itself.
-                        debug!("Session journal: cannot reserve {cap} bytes ahead: {e}");
-                        None
-                    }
+        let end = self.pos.load(Ordering::Relaxed).saturating_add(AHEAD);
+        let cap = map.len() * 2;
+        let next = if !has_next && end > map.len() && cap <= MAX_RESERVE {
+            match fallocate(&file, map.len(), cap).and_then(|()| map_file(&file, cap)) {
+                Ok(next) => Some(Arc::new(next)),
+                Err(e) => {
+                    // The writer will meet it (and report it) itself.
+                    debug!("Session journal: cannot reserve {cap} bytes ahead: {e}");
+                    None
                 }
             }
-            None => None,
+        } else {
+            None
         };
-        let next = next.map(|next| {
-            let ready = self.populate_range(&next, pos, end);
-            (next, ready)
-        });
         let mut slot = lock(&self.slot);
         if slot.generation == generation {
             // Even after a failure: the writer asks again only so far on.
             self.ready.store(end, Ordering::Relaxed);
-            if let Some(next) = next {
-                slot.next = Some(next);
-            }
-        }
-    }
-
-    /// `MADV_POPULATE_WRITE` on `from..to` of `map` (clipped to it): the
-    /// pages are faulted in writable, as a store would, without changing
-    /// their contents. Returns where the pages are populated up to (0 if it
-    /// failed).
-    fn populate_range(&self, map: &memmap2::MmapRaw, from: usize, to: usize) -> usize {
-        let to = to.min(map.len());
-        if from >= to {
-            return to;
-        }
-        match map.advise_range(memmap2::Advice::PopulateWrite, from, to - from) {
-            Ok(()) => to,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::InvalidInput {
-                    // EINVAL: a kernel older than 5.14; not tried again.
-                    self.off.store(true, Ordering::Relaxed);
-                }
-                if !self.logged.swap(true, Ordering::Relaxed) {
-                    debug!(
-                        "Session journal: cannot populate the mapping ahead of the writer \
-                         ({e}); pages fault in as records reach them"
-                    );
-                }
-                0
+            if next.is_some() {
+                slot.next = next;
             }
         }
     }
@@ -1934,50 +1875,38 @@ mod tests {
         Record::Changes {
             at: 1_790_000_000_000 + i as u64,
             changes: std::borrow::Cow::Owned(vec![StoreChange::from(session(&format!(
-                "populate-{i}"
+                "record-{i}"
             )))]),
         }
     }
 
-    /// Minor page faults the calling thread has taken.
-    fn thread_minor_faults() -> u64 {
-        let stat = fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Fields after the command (which is in parentheses): state is
-        // field 3, minflt field 10.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        rest.split(' ').nth(7).unwrap().parse().unwrap()
-    }
-
     #[test]
-    fn the_writer_takes_no_page_fault_in_pages_populated_ahead() {
+    fn the_writer_asks_the_thread_to_look_ahead_once_and_again_near_where_it_looked() {
         let dir = tmp();
-        let ahead = Arc::new(Ahead::new(true));
+        let ahead = Arc::new(Ahead::default());
         let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
-        assert!(seg.wants_population(), "nothing populated yet: asks");
-        assert!(!seg.wants_population(), "asks once");
-        let records: Vec<_> = (0..1000).map(one_session_record).collect();
+        assert!(seg.wants_next_mapping(), "nothing looked at yet: asks");
+        assert!(!seg.wants_next_mapping(), "asks once");
         // What the background thread does when asked.
-        ahead.populate();
-        if ahead.off.load(Ordering::Relaxed) {
-            eprintln!("MADV_POPULATE_WRITE unsupported here: not measured");
-            return;
+        ahead.prepare();
+        assert!(!seg.wants_next_mapping(), "looked ahead from here");
+        assert!(lock(&ahead.slot).next.is_none(), "far from the end");
+        let mut n = 0;
+        while !seg.wants_next_mapping() {
+            assert!(seg.len < FIRST_RESERVE, "never asked again");
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
         }
-        let before = thread_minor_faults();
-        for r in &records {
-            seg.append(r).unwrap();
-        }
-        let faults = thread_minor_faults() - before;
-        assert!(seg.len > 64 * 1024 && seg.len < AHEAD);
-        assert_eq!(faults, 0, "the writer faulted {faults} times");
-        assert!(!seg.wants_population(), "far from the end of the window");
+        assert!(seg.len + AHEAD_LOW > AHEAD && seg.len <= AHEAD);
         let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
-        assert_eq!((back.len(), valid), (1000, seg.len));
+        assert_eq!((back.len(), valid), (n, seg.len));
     }
 
-    /// A segment with population on, filled until the window populated
-    /// ahead reaches past its first reservation; and the records written.
+    /// A segment filled until the background thread, looking [`AHEAD`] of
+    /// the writer, reaches past its first reservation; and the records
+    /// written.
     fn a_segment_near_its_end(dir: &Path) -> (Arc<Ahead>, Segment, usize) {
-        let ahead = Arc::new(Ahead::new(true));
+        let ahead = Arc::new(Ahead::default());
         let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
         let mut n = 0;
         while seg.len + AHEAD <= FIRST_RESERVE {
@@ -1991,11 +1920,11 @@ mod tests {
     fn the_writer_grows_into_the_mapping_prepared_ahead() {
         let dir = tmp();
         let (ahead, mut seg, mut n) = a_segment_near_its_end(&dir);
-        ahead.populate();
+        ahead.prepare();
         let prepared = lock(&ahead.slot)
             .next
             .as_ref()
-            .map(|(m, _)| m.as_ptr())
+            .map(|m| m.as_ptr())
             .expect("the next mapping is prepared");
         // The file is grown ahead of the writer: zeros, still the end.
         let file = fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len();
@@ -2011,7 +1940,7 @@ mod tests {
             lock(&ahead.slot).retired.len() == 1,
             "the old one is retired"
         );
-        ahead.populate();
+        ahead.prepare();
         assert!(
             lock(&ahead.slot).retired.is_empty(),
             "and unmapped off the writer"
@@ -2024,7 +1953,7 @@ mod tests {
     fn a_mapping_prepared_before_a_reset_is_not_used_after_it() {
         let dir = tmp();
         let (ahead, mut seg, _) = a_segment_near_its_end(&dir);
-        ahead.populate();
+        ahead.prepare();
         assert!(lock(&ahead.slot).next.is_some());
         seg.reset().unwrap();
         assert!(
@@ -2038,24 +1967,6 @@ mod tests {
         }
         let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
         assert_eq!((back.len(), valid), (n, seg.len));
-    }
-
-    #[test]
-    fn without_population_the_writer_faults_its_pages_in_itself() {
-        // As on a kernel without MADV_POPULATE_WRITE, or with fsync=always.
-        let dir = tmp();
-        let ahead = Arc::new(Ahead::new(false));
-        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
-        assert!(!seg.wants_population());
-        let records: Vec<_> = (0..300).map(one_session_record).collect();
-        ahead.populate();
-        let before = thread_minor_faults();
-        for r in &records {
-            seg.append(r).unwrap();
-        }
-        assert!(thread_minor_faults() > before, "the test can tell");
-        let (back, _) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
-        assert_eq!(back.len(), 300);
     }
 
     #[test]
