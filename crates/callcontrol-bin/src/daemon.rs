@@ -800,9 +800,16 @@ async fn reload(current: &mut Config, options: &RunOptions, handle: &driver::Han
 }
 
 /// The settings that differ between `current` and `new` and are read only
-/// at start (everything but the live `[CallControl]` settings).
+/// at start (everything but the live `[CallControl]` settings, and the
+/// engine's wait for a rating answer, `[CDRTool] timeout`, which the rating
+/// client's own reply timeout keeps until a restart).
 fn changed_until_restart(current: &Config, new: &Config, runtime_dir: &Path) -> Vec<&'static str> {
     let (c, n) = (&current.call_control, &new.call_control);
+    let cdrtool_but_timeout = {
+        let mut n = new.cdrtool.clone();
+        n.timeout = current.cdrtool.timeout;
+        n != current.cdrtool
+    };
     [
         (
             "socket",
@@ -811,7 +818,11 @@ fn changed_until_restart(current: &Config, new: &Config, runtime_dir: &Path) -> 
         ("group", c.group != n.group),
         ("proxy", c.proxy != n.proxy),
         ("journal_fsync", c.journal_fsync != n.journal_fsync),
-        ("[CDRTool]", current.cdrtool != new.cdrtool),
+        ("[CDRTool]", cdrtool_but_timeout),
+        (
+            "the rating client's reply timeout (the engine's rating timeout applies now)",
+            current.cdrtool.timeout != new.cdrtool.timeout,
+        ),
         ("[OpenSIPS]", current.opensips != new.opensips),
         ("[Kamailio]", current.kamailio != new.kamailio),
         ("[Web]", current.web != new.web),
@@ -831,12 +842,20 @@ mod tests {
         let current = Config::default();
         assert!(changed_until_restart(&current, &current.clone(), dir).is_empty());
         let mut new = current.clone();
-        new.cdrtool.timeout = Duration::from_millis(900);
+        new.cdrtool.pool_size = 9;
         new.call_control.group = "voip".into();
         new.web.port = Some(9001);
         assert_eq!(
             changed_until_restart(&current, &new, dir),
             ["group", "[CDRTool]", "[Web]"]
+        );
+        // `[CDRTool] timeout` is the engine's (live) and the client's.
+        let mut new = current.clone();
+        new.cdrtool.timeout = Duration::from_millis(900);
+        new.call_control.engine.rating_timeout = Duration::from_millis(900);
+        assert_eq!(
+            changed_until_restart(&current, &new, dir),
+            ["the rating client's reply timeout (the engine's rating timeout applies now)"]
         );
         // The live settings are not among them.
         let mut live = current.clone();

@@ -706,6 +706,9 @@ async fn a_full_disk_loses_no_session_once_there_is_room_again() {
         assert_eq!(w.stop(&id).await.unwrap(), Found::Ok);
         n += 1;
     }
+    // The whole state is not even serialised while it cannot fit.
+    assert!(logged("not tried"));
+    assert!(!setup.run_dir().join("sessions.snapshot.tmp").exists());
     // Still answering, and what it acknowledges now is kept in memory.
     for k in 0..3 {
         answered_call(&setup, &format!("full-{k}@h"), DialogId::new(2, k)).await;

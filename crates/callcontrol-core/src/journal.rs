@@ -206,6 +206,9 @@ struct Inner {
     failed: bool,
     /// While `failed`: when to ask for the state again.
     retry_at: Instant,
+    /// While `failed`: when a snapshot was last tried (the space check can
+    /// only put a try off, by [`TRY_ANYWAY`] at most).
+    tried_at: Instant,
     /// A background compaction is writing a snapshot.
     compacting: bool,
     /// Size of the last snapshot written.
@@ -366,6 +369,7 @@ impl Journal {
             closed: false,
             failed: false,
             retry_at: Instant::now(),
+            tried_at: Instant::now(),
             compacting: false,
             snapshot_bytes: 0,
             snapshot_items: 0,
@@ -477,6 +481,7 @@ impl SessionStore for Journal {
             // (`wants_state`), and it is written as a snapshot at once.
             error!("Session journal write failed, writing a full snapshot instead: {e}");
             inner.failed = true;
+            inner.tried_at = Instant::now();
             self.flags.due.store(true, Ordering::Release);
             return Ok(());
         }
@@ -525,10 +530,14 @@ impl SessionStore for Journal {
                 // thread that answers the proxy) only to fail writing it:
                 // not tried until the snapshot can fit.
                 let items = (state.sessions.len() + state.debits.len()) as u64;
-                if let Some(short) = inner.space_short_of_snapshot(items) {
-                    inner.retry_at = Instant::now() + RETRY_FAILED;
-                    return Err(short.into());
+                let now = Instant::now();
+                if now < inner.tried_at + TRY_ANYWAY {
+                    if let Some(short) = inner.space_short_of_snapshot(items) {
+                        inner.retry_at = now + RETRY_FAILED;
+                        return Err(short.into());
+                    }
                 }
+                inner.tried_at = now;
             }
             return match inner.compact(shared_out(&state), false, None) {
                 Ok(()) => {
@@ -667,18 +676,24 @@ impl Inner {
     }
 
     /// When the filesystem of the journal has less room than a snapshot of
-    /// `items` sessions and debits and a new journal need: the error to
-    /// return instead of trying. `None` when it has room, or cannot say.
+    /// `items` sessions and debits needs (estimated from the last one's size
+    /// per item): the error to return instead of trying. `None` when it has
+    /// room, or cannot say. (The new journal's reservation needs no more: it
+    /// is made after the failed journal's is freed.)
     fn space_short_of_snapshot(&self, items: u64) -> Option<io::Error> {
         let per_item = match self.snapshot_items {
             0 => SNAPSHOT_BYTES_PER_ITEM,
             n => self.snapshot_bytes / n + 1,
         };
-        let needed = items
-            .saturating_mul(per_item)
-            .saturating_add(FIRST_RESERVE as u64);
+        let needed = items.saturating_mul(per_item);
         let fs = nix::sys::statvfs::statvfs(&self.dir).ok()?;
-        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        // The blocks kept for root count when the daemon runs as root.
+        let blocks = if nix::unistd::geteuid().is_root() {
+            fs.blocks_free()
+        } else {
+            fs.blocks_available()
+        };
+        let free = blocks.saturating_mul(fs.fragment_size());
         (free < needed).then(|| {
             io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -867,6 +882,10 @@ const RETRY_FAILED: Duration = Duration::from_secs(1);
 /// A session's size in a snapshot, before the first snapshot tells.
 const SNAPSHOT_BYTES_PER_ITEM: u64 = 1024;
 
+/// While the journal cannot be written, a snapshot is tried at least this
+/// often whatever the space check says (its estimate may be wrong).
+const TRY_ANYWAY: Duration = Duration::from_secs(30);
+
 /// Bytes reserved for a new journal file; doubled as it fills.
 const FIRST_RESERVE: usize = 1 << 20;
 
@@ -938,6 +957,7 @@ impl Segment {
     /// Grows the file to `cap` bytes (allocated on disk) and maps it; the
     /// writer asks the background thread to look ahead at once.
     fn reserve(&mut self, cap: usize) -> io::Result<()> {
+        let _reserving = lock(&self.ahead.reserving);
         fallocate(&self.file, self.cap, cap)?;
         let map = Arc::new(map_file(&self.file, cap)?);
         self.ahead
@@ -950,7 +970,12 @@ impl Segment {
     /// Grows to `cap` bytes: into the mapping the background thread
     /// prepared (file grown, mapped) if it did, or now.
     fn grow(&mut self, cap: usize) -> io::Result<()> {
-        match self.ahead.take_next(cap) {
+        // One the background thread is still preparing is waited for.
+        let prepared = {
+            let _reserving = lock(&self.ahead.reserving);
+            self.ahead.take_next(cap)
+        };
+        match prepared {
             Some(map) => {
                 self.ahead
                     .publish(Some(map.clone()), &self.file, self.len, 0);
@@ -1032,6 +1057,11 @@ struct Ahead {
     /// The writer asked (cleared when the background thread starts on it).
     asked: AtomicBool,
     slot: Mutex<Slot>,
+    /// Held while the file is grown (`posix_fallocate`) and mapped, by
+    /// either side: the writer never stores into a range the background
+    /// thread is still reserving (glibc's emulation of `fallocate`, on a
+    /// filesystem without it, writes a zero byte into each block).
+    reserving: Mutex<()>,
 }
 
 /// The writer's mapping as the background thread sees it.
@@ -1100,6 +1130,7 @@ impl Ahead {
         };
         let end = self.pos.load(Ordering::Relaxed).saturating_add(AHEAD);
         let cap = map.len() * 2;
+        let reserving = lock(&self.reserving);
         let next = if !has_next && end > map.len() && cap <= MAX_RESERVE {
             match fallocate(&file, map.len(), cap).and_then(|()| map_file(&file, cap)) {
                 Ok(next) => Some(Arc::new(next)),
@@ -1113,6 +1144,7 @@ impl Ahead {
             None
         };
         let mut slot = lock(&self.slot);
+        drop(reserving);
         if slot.generation == generation {
             // Even after a failure: the writer asks again only so far on.
             self.ready.store(end, Ordering::Relaxed);
@@ -1147,8 +1179,8 @@ fn map_file(file: &File, len: usize) -> io::Result<memmap2::MmapRaw> {
 
 /// The writer's mapping: the one handle to it through which its bytes are
 /// read or written (never cloned; the background thread holds the same
-/// mapping as a bare `MmapRaw`, and only passes its address range to
-/// `madvise`).
+/// mapping as a bare `MmapRaw`, only to create it ahead of the writer and to
+/// unmap it after).
 struct WriterMap(Arc<memmap2::MmapRaw>);
 
 impl WriterMap {
@@ -1166,9 +1198,8 @@ impl WriterMap {
         // (fresh from `map_file`, or prepared by the background thread and
         // handed over once, `Ahead::take_next`), and the slice borrows it
         // mutably. The other holders of the mapping (the background thread)
-        // never form a reference to its bytes: they only pass its address
-        // range to `madvise(MADV_POPULATE_WRITE)`, which maps pages in
-        // without changing their contents, and unmap it when they drop it.
+        // never form a reference to its bytes: they only unmap it when they
+        // drop it.
         unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr(), self.0.len()) }
     }
 }
@@ -2158,6 +2189,14 @@ mod tests {
         // Nothing is appended meanwhile (it would leave a gap).
         j.apply(&[StoreChange::from(session("d"))]).unwrap();
         assert!(!j.wants_state(), "asked again only after a retry period");
+        // The estimate cannot put a try off for longer than TRY_ANYWAY.
+        {
+            let mut i = lock(&j.inner);
+            i.tried_at = Instant::now().checked_sub(TRY_ANYWAY).unwrap();
+        }
+        j.save_state(state()).unwrap();
+        assert!(!lock(&j.inner).failed, "tried anyway, and there was room");
+        lock(&j.inner).failed = true;
         // Room again: the state is written whole and appends resume.
         {
             let mut i = lock(&j.inner);
