@@ -13,7 +13,7 @@ use proptest::prelude::*;
 mod corpus;
 mod reference_decoder;
 
-use corpus::corpus;
+use corpus::{corpus, pieces};
 
 type Out = Vec<Result<Request, ProtocolError>>;
 
@@ -27,20 +27,11 @@ struct Trace {
 
 macro_rules! run_decoder {
     ($new:expr, $input:expr, $cuts:expr) => {{
-        let input: &[u8] = $input;
         let mut d = $new;
         let mut out = Vec::new();
         let mut states = Vec::new();
-        let mut pos = 0;
-        let mut cuts: Vec<usize> = $cuts.iter().map(|c| c % (input.len() + 1)).collect();
-        cuts.sort_unstable();
-        cuts.push(input.len());
-        for cut in cuts {
-            if cut < pos {
-                continue;
-            }
-            d.feed(&input[pos..cut]);
-            pos = cut;
+        for piece in pieces($input, $cuts) {
+            d.feed(piece);
             while let Some(r) = d.decode() {
                 out.push(r);
             }

@@ -9,22 +9,14 @@ use callcontrol_opensips::ProtocolError;
 use proptest::prelude::*;
 
 mod corpus;
-use corpus::corpus;
+use corpus::{corpus, pieces};
 
 fn decode_in_chunks(input: &[u8], cuts: &[usize]) -> (Vec<Result<Request, ProtocolError>>, usize) {
     let mut d = Decoder::new();
     let mut out = Vec::new();
     let mut max_buffered = 0;
-    let mut pos = 0;
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
-    cuts.sort_unstable();
-    cuts.push(input.len());
-    for cut in cuts {
-        if cut < pos {
-            continue;
-        }
-        d.feed(&input[pos..cut]);
-        pos = cut;
+    for piece in pieces(input, cuts) {
+        d.feed(piece);
         max_buffered = max_buffered.max(d.buffered());
         while let Some(r) = d.decode() {
             out.push(r);

@@ -143,3 +143,19 @@ pub fn corpus(seed: u64, n: usize) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// `input` split at `cuts` (each taken modulo `input.len() + 1`, in
+/// order), and the rest: one piece per cut, empty where cuts coincide.
+pub fn pieces<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.push(input.len());
+    let mut pos = 0;
+    cuts.into_iter()
+        .map(|cut| {
+            let piece = &input[pos..cut];
+            pos = cut;
+            piece
+        })
+        .collect()
+}
