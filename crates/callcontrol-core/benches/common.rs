@@ -42,7 +42,12 @@ pub fn cycle(e: &mut Engine, now: Timestamp, req: InitRequest) {
 /// until the call is over, as a store that mirrors the sessions keeps each
 /// record until it is replaced or removed.
 #[allow(dead_code)] // not every bench that includes this file uses it
-pub fn cycle_inline(e: &mut Engine, now: Timestamp, req: InitRequest) {
+pub fn cycle_inline(
+    e: &mut Engine,
+    now: Timestamp,
+    req: InitRequest,
+    mut store: Option<&mut dyn SessionStore>,
+) {
     let id = req.call_id.clone();
     let start = StartRequest {
         call_id: id.clone(),
@@ -61,6 +66,12 @@ pub fn cycle_inline(e: &mut Engine, now: Timestamp, req: InitRequest) {
         e.handle(now, token as u64, request);
         if e.has_changes() {
             *kept = e.take_changes();
+            if let Some(store) = store.as_deref_mut() {
+                store.apply(kept).expect("journal write");
+                if store.wants_state() {
+                    store.save_state(e.shared_state()).expect("compaction");
+                }
+            }
         }
         while e.poll_effect().is_some() {}
     }

@@ -12,6 +12,10 @@
 //! daemon's driver does when it serves requests inline (`FLUSH=cycle`: one
 //! per cycle), and `info` lines are formatted into a buffer as the daemon's
 //! logger does, then discarded (`LOG=0`: no logger, nothing formatted).
+//! `STORE=journal` also writes every change to the session journal, as the
+//! daemon does (in a directory of its own under the temporary directory,
+//! removed after): the journal's cost with the kernel's share included (the
+//! page faults of the mapped file, the flushes of its background thread).
 
 #[path = "common.rs"]
 mod common;
@@ -60,6 +64,11 @@ fn main() {
         }
     }
     let inline = std::env::var("FLUSH").map_or(true, |v| v != "cycle");
+    let journal_dir = (std::env::var("STORE").as_deref() == Ok("journal"))
+        .then(|| std::env::temp_dir().join(format!("cycles-journal-{}", std::process::id())));
+    let mut journal = journal_dir.as_ref().map(|dir| {
+        callcontrol_core::journal::Journal::open(dir, Default::default()).expect("journal")
+    });
     let cycles = env("CYCLES", 1_000_000);
     let background = env("BACKGROUND", 100_000);
     let mut e = Engine::new(EngineConfig {
@@ -97,7 +106,8 @@ fn main() {
         for req in reqs {
             now = now.plus_millis(1);
             if inline {
-                common::cycle_inline(&mut e, now, req);
+                let store = journal.as_mut().map(|j| j as &mut dyn SessionStore);
+                common::cycle_inline(&mut e, now, req, store);
             } else {
                 common::cycle(&mut e, now, req);
             }
@@ -108,9 +118,14 @@ fn main() {
     let wall = engine_wall.as_secs_f64();
     if cycles > 0 {
         println!(
-            "cycles: {cycles}, sessions in progress: {background}, changes taken per {}, \
+            "cycles: {cycles}, sessions in progress: {background}, changes taken per {}{}, \
              info lines {}",
             if inline { "request" } else { "cycle" },
+            if journal.is_some() {
+                " and journalled"
+            } else {
+                ""
+            },
             if log::log_enabled!(log::Level::Info) {
                 "formatted"
             } else {
@@ -126,5 +141,9 @@ fn main() {
             "process CPU per cycle, building the requests included: {:.2} us",
             cpu / cycles as f64 * 1e6
         );
+    }
+    drop(journal);
+    if let Some(dir) = journal_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -853,6 +853,7 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
             let f = i.seg.file.clone();
             i.dirty = false;
             drop(i);
+            ahead.unmap_written();
             if let Err(e) = f.sync_data() {
                 error!("Session journal: fsync failed: {e}");
                 lock(&inner).dirty = true;
@@ -909,7 +910,8 @@ const AHEAD_LOW: usize = 256 << 10;
 ///
 /// Growing the reservation (`posix_fallocate`, a new mapping) and unmapping
 /// the old mapping are done by the background thread ([`Ahead`]), before the
-/// writer needs the next, doubled, reservation. The pages themselves fault
+/// writer needs the next, doubled, reservation; so is dropping the page table
+/// entries of the pages filled before each flush ([`Ahead::unmap_written`]). The pages themselves fault
 /// in as records reach them: populating them ahead from the background
 /// thread (`MADV_POPULATE_WRITE`) was tried and measured worse (see ADR 0002).
 struct Segment {
@@ -1078,6 +1080,9 @@ struct Slot {
     /// Mappings the writer no longer uses: unmapped by the background thread
     /// (unmapping a few megabytes of written pages is not free).
     retired: Vec<Arc<memmap2::MmapRaw>>,
+    /// The writer's mapping has no page table entries below this (see
+    /// [`Ahead::unmap_written`]).
+    unmapped: usize,
 }
 
 impl Ahead {
@@ -1095,6 +1100,8 @@ impl Ahead {
         let old = [slot.map.take(), slot.next.take()];
         slot.retired.extend(old.into_iter().flatten());
         slot.map = map;
+        // A new mapping has entries only where the writer stores from now on.
+        slot.unmapped = pos & !(page_size() - 1);
         slot.file = Some(file.clone());
         self.pos.store(pos, Ordering::Relaxed);
         self.ready.store(ready, Ordering::Relaxed);
@@ -1106,6 +1113,44 @@ impl Ahead {
         match &slot.next {
             Some(map) if map.len() == cap => slot.next.take(),
             _ => None,
+        }
+    }
+
+    /// Runs on the background thread before each flush: drops the page table
+    /// entries of the pages the writer has filled (it only ever stores past
+    /// its position). Otherwise the flush write-protects each dirty page
+    /// through them, one TLB shootdown (an interrupt to the CPU the writer
+    /// runs on) per page, and the writer takes a fault the next time it
+    /// stores into the last one; here it is one shootdown for them all.
+    #[allow(unsafe_code)]
+    fn unmap_written(&self) {
+        let (generation, map, from) = {
+            let slot = lock(&self.slot);
+            (slot.generation, slot.map.clone(), slot.unmapped)
+        };
+        let Some(map) = map else {
+            return;
+        };
+        let to = (self.pos.load(Ordering::Relaxed) & !(page_size() - 1)).min(map.len());
+        if to <= from {
+            return;
+        }
+        // SAFETY: the mapping is of a file, shared: `MADV_DONTNEED` drops
+        // the page table entries of the range and leaves the pages (dirty
+        // or not) in the page cache, so the bytes stay the file's and are
+        // faulted back in if anything touches them again; no reference into
+        // the mapping is held across this call (the writer copies into it
+        // through raw pointers, past `pos`).
+        let dropped = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+        };
+        if let Err(e) = dropped {
+            debug!("Session journal: cannot drop written pages from the mapping: {e}");
+            return;
+        }
+        let mut slot = lock(&self.slot);
+        if slot.generation == generation {
+            slot.unmapped = to;
         }
     }
 
@@ -1172,6 +1217,19 @@ fn fallocate(file: &File, from: usize, to: usize) -> io::Result<()> {
     nix::fcntl::posix_fallocate(file.as_raw_fd(), offset, len).map_err(io::Error::from)
 }
 
+/// The size of a memory page (4 KiB where it cannot be found).
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| n.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
 /// Maps the first `len` bytes of the journal file read-write and shared.
 fn map_file(file: &File, len: usize) -> io::Result<memmap2::MmapRaw> {
     memmap2::MmapOptions::new().len(len).map_raw(file)
@@ -1199,7 +1257,8 @@ impl WriterMap {
         // handed over once, `Ahead::take_next`), and the slice borrows it
         // mutably. The other holders of the mapping (the background thread)
         // never form a reference to its bytes: they only unmap it when they
-        // drop it.
+        // drop it, and drop the page table entries of the pages the writer
+        // filled (`Ahead::unmap_written`), which leaves every byte as it is.
         unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr(), self.0.len()) }
     }
 }
@@ -1976,6 +2035,47 @@ mod tests {
             lock(&ahead.slot).retired.is_empty(),
             "and unmapped off the writer"
         );
+        let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!((back.len(), valid), (n, seg.len));
+    }
+
+    /// Whether the page at `addr` is in this process's page tables
+    /// (`/proc/self/pagemap`: bit 63 of the page's entry).
+    fn page_present(addr: *const u8) -> bool {
+        use std::os::unix::fs::FileExt;
+        let page = page_size();
+        let mut entry = [0u8; 8];
+        fs::File::open("/proc/self/pagemap")
+            .unwrap()
+            .read_exact_at(&mut entry, (addr as usize / page * 8) as u64)
+            .unwrap();
+        u64::from_le_bytes(entry) >> 63 == 1
+    }
+
+    #[test]
+    fn filled_pages_leave_the_page_tables_before_a_flush_and_keep_their_bytes() {
+        let dir = tmp();
+        let (ahead, mut seg, mut n) = a_segment_near_its_end(&dir);
+        let base = seg.map.as_ref().map(|m| m.0.as_ptr()).unwrap();
+        let page = page_size();
+        assert!(page_present(base), "written through the mapping");
+        ahead.unmap_written();
+        let unmapped = lock(&ahead.slot).unmapped;
+        assert_eq!(unmapped, seg.len / page * page, "up to the writer's page");
+        assert!(!page_present(base));
+        assert!(!page_present(base.wrapping_add(unmapped - page)));
+        let mapped = seg.map.as_mut().unwrap().bytes()[..seg.len].to_vec();
+        let file = fs::read(dir.join(JOURNAL_FILE)).unwrap();
+        assert_eq!(&file[..seg.len], &mapped[..], "the bytes are the file's");
+        let (back, valid) = decode_records(&file);
+        assert_eq!((back.len(), valid), (n, seg.len));
+        // The writer goes on where it was, and the next call starts there.
+        for _ in 0..100 {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        ahead.unmap_written();
+        assert_eq!(lock(&ahead.slot).unmapped, seg.len / page * page);
         let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
         assert_eq!((back.len(), valid), (n, seg.len));
     }
