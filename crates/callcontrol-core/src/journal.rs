@@ -1083,6 +1083,9 @@ struct Slot {
     /// The writer's mapping has no page table entries below this (see
     /// [`Ahead::unmap_written`]).
     unmapped: usize,
+    /// The file's pages are in the page cache up to here (see
+    /// [`Ahead::prepare`]).
+    cached: usize,
 }
 
 impl Ahead {
@@ -1102,6 +1105,7 @@ impl Ahead {
         slot.map = map;
         // A new mapping has entries only where the writer stores from now on.
         slot.unmapped = pos & !(page_size() - 1);
+        slot.cached = slot.unmapped;
         slot.file = Some(file.clone());
         self.pos.store(pos, Ordering::Relaxed);
         self.ready.store(ready, Ordering::Relaxed);
@@ -1156,9 +1160,10 @@ impl Ahead {
 
     /// Runs on the background thread: when the writer is within [`AHEAD`]
     /// of the end of its mapping, grows the file and prepares the next,
-    /// doubled, mapping. Also unmaps retired mappings.
+    /// doubled, mapping; brings the pages of the [`AHEAD`] past the writer
+    /// into the page cache; unmaps retired mappings.
     fn prepare(&self) {
-        let (generation, map, has_next, file, retired) = {
+        let (generation, map, has_next, file, retired, cached) = {
             let mut slot = lock(&self.slot);
             (
                 slot.generation,
@@ -1166,6 +1171,7 @@ impl Ahead {
                 slot.next.is_some(),
                 slot.file.clone(),
                 std::mem::take(&mut slot.retired),
+                slot.cached,
             )
         };
         drop(retired);
@@ -1188,14 +1194,27 @@ impl Ahead {
         } else {
             None
         };
+        let file_len = if has_next || next.is_some() {
+            cap
+        } else {
+            map.len()
+        };
         let mut slot = lock(&self.slot);
         drop(reserving);
+        if slot.generation != generation {
+            return;
+        }
+        // Even after a failure: the writer asks again only so far on.
+        self.ready.store(end, Ordering::Relaxed);
+        if next.is_some() {
+            slot.next = next;
+        }
+        drop(slot);
+        let to = end.min(file_len);
+        let cached = read_ahead(&file, cached.max(self.pos.load(Ordering::Relaxed)), to);
+        let mut slot = lock(&self.slot);
         if slot.generation == generation {
-            // Even after a failure: the writer asks again only so far on.
-            self.ready.store(end, Ordering::Relaxed);
-            if next.is_some() {
-                slot.next = next;
-            }
+            slot.cached = slot.cached.max(cached);
         }
     }
 }
@@ -1217,6 +1236,39 @@ fn fallocate(file: &File, from: usize, to: usize) -> io::Result<()> {
     nix::fcntl::posix_fallocate(file.as_raw_fd(), offset, len).map_err(io::Error::from)
 }
 
+/// Brings bytes `from..to` of the journal file into the page cache
+/// (`POSIX_FADV_WILLNEED`, a piece at a time), so that the writer's first
+/// store into each page finds it there; returns how far it got. Otherwise
+/// that store's page fault reads the page in, and the kernel's read-around
+/// for a mapping with it, up to the device's read-ahead size (8 MiB here:
+/// milliseconds of zeroing pages on the thread that answers the proxy); the
+/// mapping has read-around turned off as well ([`map_file`]). Reading a
+/// page into the cache changes no byte of it: the writer's stores into
+/// pages already there are kept.
+fn read_ahead(file: &File, from: usize, to: usize) -> usize {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    use std::os::fd::AsRawFd;
+    const PIECE: usize = 256 << 10;
+    let mut at = from & !(page_size() - 1);
+    while at < to {
+        let len = (to - at).min(PIECE);
+        let (Ok(offset), Ok(n)) = (i64::try_from(at), i64::try_from(len)) else {
+            break;
+        };
+        if let Err(e) = posix_fadvise(
+            file.as_raw_fd(),
+            offset,
+            n,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        ) {
+            debug!("Session journal: cannot read ahead: {e}");
+            break;
+        }
+        at += len;
+    }
+    at
+}
+
 /// The size of a memory page (4 KiB where it cannot be found).
 fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -1232,7 +1284,11 @@ fn page_size() -> usize {
 
 /// Maps the first `len` bytes of the journal file read-write and shared.
 fn map_file(file: &File, len: usize) -> io::Result<memmap2::MmapRaw> {
-    memmap2::MmapOptions::new().len(len).map_raw(file)
+    let map = memmap2::MmapOptions::new().len(len).map_raw(file)?;
+    if let Err(e) = map.advise(memmap2::Advice::Random) {
+        debug!("Session journal: cannot turn off read-around for the mapping: {e}");
+    }
+    Ok(map)
 }
 
 /// The writer's mapping: the one handle to it through which its bytes are
@@ -2076,6 +2132,34 @@ mod tests {
         }
         ahead.unmap_written();
         assert_eq!(lock(&ahead.slot).unmapped, seg.len / page * page);
+        let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!((back.len(), valid), (n, seg.len));
+    }
+
+    #[test]
+    fn the_pages_ahead_of_the_writer_are_read_in_keeping_the_written_ones() {
+        let dir = tmp();
+        let ahead = Arc::new(Ahead::default());
+        let mut seg = Segment::open(&dir.join(JOURNAL_FILE), ahead.clone()).unwrap();
+        let mut n = 0;
+        while seg.len < 100 << 10 {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        assert_eq!(lock(&ahead.slot).cached, 0);
+        ahead.prepare();
+        assert_eq!(lock(&ahead.slot).cached, seg.len + AHEAD);
+        let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
+        assert_eq!((back.len(), valid), (n, seg.len), "no written byte changed");
+        // Into the part read in; the next look starts where this one ended
+        // and stops at the end of the file.
+        while seg.len + AHEAD <= FIRST_RESERVE {
+            seg.append(&one_session_record(n)).unwrap();
+            n += 1;
+        }
+        ahead.prepare();
+        assert!(lock(&ahead.slot).next.is_some());
+        assert_eq!(lock(&ahead.slot).cached, seg.len + AHEAD);
         let (back, valid) = decode_records(&fs::read(dir.join(JOURNAL_FILE)).unwrap());
         assert_eq!((back.len(), valid), (n, seg.len));
     }
