@@ -19,4 +19,5 @@ pub mod daemon;
 pub mod fork;
 pub mod ini;
 pub mod logging;
+mod syslog;
 pub mod web;

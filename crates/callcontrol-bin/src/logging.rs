@@ -137,16 +137,7 @@ impl Shared {
                 let _ = err.write_all(batch.as_bytes());
                 let _ = err.flush();
             }
-            Sink::Syslog(l) => {
-                for (level, _, text) in queue.iter() {
-                    let _ = match level {
-                        Level::Error => l.err(text),
-                        Level::Warn => l.warning(text),
-                        Level::Info => l.info(text),
-                        Level::Debug | Level::Trace => l.debug(text),
-                    };
-                }
-            }
+            Sink::Syslog(l) => l.send(queue.iter()),
         }
         *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = queue;
     }
@@ -177,7 +168,7 @@ enum Sink {
         journald: bool,
         batch: String,
     },
-    Syslog(Box<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>),
+    Syslog(Box<crate::syslog::Syslog>),
 }
 
 impl Sink {
@@ -189,14 +180,10 @@ impl Sink {
     }
 }
 
-fn syslog_sink() -> Result<Sink, syslog::Error> {
-    let formatter = syslog::Formatter3164 {
-        facility: syslog::Facility::LOG_DAEMON,
-        hostname: None,
-        process: IDENT.into(),
-        pid: std::process::id(),
-    };
-    Ok(Sink::Syslog(Box::new(syslog::unix(formatter)?)))
+fn syslog_sink() -> std::io::Result<Sink> {
+    let paths = crate::syslog::PATHS.map(std::path::Path::new);
+    let syslog = crate::syslog::Syslog::connect(&paths, IDENT)?;
+    Ok(Sink::Syslog(Box::new(syslog)))
 }
 
 /// Keeps only our own crates' debug lines (not hyper's, axum's, …).
