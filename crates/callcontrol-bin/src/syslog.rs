@@ -7,8 +7,9 @@
 //! datagrams goes in one `sendmmsg` instead of one `send` each, the prefix is
 //! formatted once per second and level instead of once per line, and a
 //! syslog daemon that restarted (its socket gone, or replaced) is connected to
-//! again. At 45,000 calls/s (two lines per call) that is the difference
-//! between about 12 µs of CPU per call in the log writer and under 2.
+//! again. Measured with a forked daemon at 32 connections and a receiver on
+//! `/dev/log`: the log writer's CPU went from about 12 µs per call (two
+//! lines) to about 6, most of what is left the kernel's work per datagram.
 #![allow(unsafe_code)]
 
 use std::io::{self, Write};
@@ -299,12 +300,18 @@ mod tests {
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 
-    #[test]
-    fn a_batch_arrives_as_one_datagram_per_line_in_order() {
-        let dir = std::env::temp_dir().join(format!("cc-syslog-{}", std::process::id()));
+    /// A directory of the test's own and a free socket path in it.
+    fn socket_path(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("cc-{test}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("log");
         let _ = std::fs::remove_file(&path);
+        (dir, path)
+    }
+
+    #[test]
+    fn a_batch_arrives_as_one_datagram_per_line_in_order() {
+        let (dir, path) = socket_path("syslog");
         let rx = UnixDatagram::bind(&path).unwrap();
         let missing = dir.join("missing");
         let mut s = Syslog::connect(&[&missing, &path], "call-control").unwrap();
@@ -341,10 +348,7 @@ mod tests {
 
     #[test]
     fn a_restarted_syslog_daemon_gets_the_next_batch() {
-        let dir = std::env::temp_dir().join(format!("cc-syslog-r-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("log");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = socket_path("syslog-r");
         let rx = UnixDatagram::bind(&path).unwrap();
         let mut s = Syslog::connect(&[&path], "cc").unwrap();
         let (text, ends) = lines(2, 1_700_000_000_000);
@@ -366,10 +370,7 @@ mod tests {
 
     #[test]
     fn on_a_stream_socket_each_message_ends_with_a_nul() {
-        let dir = std::env::temp_dir().join(format!("cc-syslog-s-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("log");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = socket_path("syslog-s");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let mut s = Syslog::connect(&[&path], "cc").unwrap();
         let (mut conn, _) = listener.accept().unwrap();

@@ -910,10 +910,12 @@ const AHEAD_LOW: usize = 256 << 10;
 ///
 /// Growing the reservation (`posix_fallocate`, a new mapping) and unmapping
 /// the old mapping are done by the background thread ([`Ahead`]), before the
-/// writer needs the next, doubled, reservation; so is dropping the page table
-/// entries of the pages filled before each flush ([`Ahead::unmap_written`]). The pages themselves fault
-/// in as records reach them: populating them ahead from the background
-/// thread (`MADV_POPULATE_WRITE`) was tried and measured worse (see ADR 0002).
+/// writer needs the next, doubled, reservation; so are bringing the pages
+/// ahead of the writer into the page cache ([`read_ahead`]) and dropping the
+/// page table entries of the pages filled before each flush
+/// ([`Ahead::unmap_written`]). The pages are mapped as records reach them:
+/// populating the mapping ahead from the background thread
+/// (`MADV_POPULATE_WRITE`) was tried and measured worse (see ADR 0002).
 struct Segment {
     file: Arc<File>,
     map: Option<WriterMap>,
