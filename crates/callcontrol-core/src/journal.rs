@@ -871,6 +871,9 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
             flags.due.store(true, Ordering::Release);
         }
         drop(i);
+        // Without flushes of our own (`journal_fsync = never`), the kernel's
+        // writeback write-protects the filled pages the same way.
+        ahead.unmap_written();
         // Unmaps retired mappings, prepares the next one if it is time.
         ahead.prepare();
     }
