@@ -252,28 +252,15 @@ fn now_ms() -> u64 {
 fn write_prefix(out: &mut String, level: Level, at: u64, journald: bool) {
     use std::fmt::Write as _;
     if journald {
-        let prio = match level {
-            Level::Error => 3,
-            Level::Warn => 4,
-            Level::Info => 6,
-            Level::Debug | Level::Trace => 7,
-        };
-        let _ = write!(out, "<{prio}>");
+        let _ = write!(out, "<{}>", severity(level));
     } else {
         let (secs, ms) = (at / 1000, at % 1000);
         // By hand rather than `write!`: this runs for every line logged.
-        let digits = |out: &mut String, v: u64, width: u32| {
-            for i in (0..width).rev() {
-                out.push(char::from(b'0' + (v / 10u64.pow(i) % 10) as u8));
-            }
-        };
-        digits(out, (secs / 3600) % 24, 2);
-        out.push(':');
-        digits(out, (secs / 60) % 60, 2);
-        out.push(':');
-        digits(out, secs % 60, 2);
+        out.extend(hms(secs).map(char::from));
         out.push('.');
-        digits(out, ms, 3);
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
         out.push(' ');
         out.push_str(match level {
             Level::Error => "ERROR ",
@@ -283,6 +270,25 @@ fn write_prefix(out: &mut String, level: Level, at: u64, journald: bool) {
             Level::Trace => "TRACE ",
         });
     }
+}
+
+/// The syslog severity of a level (also journald's and sd-daemon(3)'s).
+pub(crate) fn severity(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// `hh:mm:ss` (UTC) of `secs` since the epoch.
+pub(crate) fn hms(secs: u64) -> [u8; 8] {
+    let two = |v: u64| [b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8];
+    let [h0, h1] = two(secs / 3600 % 24);
+    let [m0, m1] = two(secs / 60 % 60);
+    let [s0, s1] = two(secs % 60);
+    [h0, h1, b':', m0, m1, b':', s0, s1]
 }
 
 #[cfg(test)]

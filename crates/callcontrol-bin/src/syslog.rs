@@ -96,6 +96,12 @@ impl Syslog {
                     retried = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    // One line too long for a datagram: skip it alone.
+                    report(&e, 1);
+                    from += 1;
+                    retried = false;
+                }
                 Err(e) if !retried => {
                     retried = true;
                     self.conn = None;
@@ -106,12 +112,6 @@ impl Syslog {
                             return;
                         }
                     }
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    // One line too long for a datagram: skip it alone.
-                    report(&e, 1);
-                    from += 1;
-                    retried = false;
                 }
                 Err(e) => {
                     report(&e, self.ends.len() - from);
@@ -196,31 +196,14 @@ impl Syslog {
 /// `<30>Nov 27 22:10:53 call-control[4242]: `: the `syslog` crate's
 /// `Formatter3164` prefix (UTC, day zero-padded).
 fn write_prefix(out: &mut Vec<u8>, level: Level, secs: u64, ident: &str) {
-    let severity = match level {
-        Level::Error => 3,
-        Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
-    };
-    let (_, month, day) = civil_from_days((secs / 86_400) as i64);
-    let two = |out: &mut Vec<u8>, v: u64| {
-        out.extend_from_slice(&[b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8])
-    };
-    out.push(b'<');
-    out.extend_from_slice((FACILITY | severity).to_string().as_bytes());
-    out.push(b'>');
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    out.extend_from_slice(MONTHS[(month - 1) as usize].as_bytes());
-    out.push(b' ');
-    two(out, day as u64);
-    out.push(b' ');
-    two(out, secs / 3600 % 24);
-    out.push(b':');
-    two(out, secs / 60 % 60);
-    out.push(b':');
-    two(out, secs % 60);
+    let (_, month, day) = civil_from_days((secs / 86_400) as i64);
+    let priority = FACILITY | crate::logging::severity(level);
+    let month = MONTHS[(month - 1) as usize];
+    let _ = write!(out, "<{priority}>{month} {day:02} ");
+    out.extend_from_slice(&crate::logging::hms(secs));
     out.push(b' ');
     out.extend_from_slice(ident.as_bytes());
 }

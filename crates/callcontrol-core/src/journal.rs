@@ -832,6 +832,9 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         next_tick = Instant::now() + tick;
+        // Before the flush below (and the kernel's own writeback, with
+        // `journal_fsync = never`) write-protects the filled pages one by one.
+        ahead.unmap_written();
         let mut i = lock(&inner);
         if i.closed {
             return;
@@ -853,7 +856,6 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
             let f = i.seg.file.clone();
             i.dirty = false;
             drop(i);
-            ahead.unmap_written();
             if let Err(e) = f.sync_data() {
                 error!("Session journal: fsync failed: {e}");
                 lock(&inner).dirty = true;
@@ -871,9 +873,6 @@ fn background(inner: Arc<Mutex<Inner>>, flags: Arc<Flags>, ahead: &Ahead, rx: mp
             flags.due.store(true, Ordering::Release);
         }
         drop(i);
-        // Without flushes of our own (`journal_fsync = never`), the kernel's
-        // writeback write-protects the filled pages the same way.
-        ahead.unmap_written();
         // Unmaps retired mappings, prepares the next one if it is time.
         ahead.prepare();
     }
@@ -1109,7 +1108,7 @@ impl Ahead {
         slot.retired.extend(old.into_iter().flatten());
         slot.map = map;
         // A new mapping has entries only where the writer stores from now on.
-        slot.unmapped = pos & !(page_size() - 1);
+        slot.unmapped = page_floor(pos);
         slot.cached = slot.unmapped;
         slot.file = Some(file.clone());
         self.pos.store(pos, Ordering::Relaxed);
@@ -1125,7 +1124,7 @@ impl Ahead {
         }
     }
 
-    /// Runs on the background thread before each flush: drops the page table
+    /// Runs on the background thread at each tick, before the flush: drops the page table
     /// entries of the pages the writer has filled (it only ever stores past
     /// its position). Otherwise the flush write-protects each dirty page
     /// through them, one TLB shootdown (an interrupt to the CPU the writer
@@ -1140,7 +1139,7 @@ impl Ahead {
         let Some(map) = map else {
             return;
         };
-        let to = (self.pos.load(Ordering::Relaxed) & !(page_size() - 1)).min(map.len());
+        let to = page_floor(self.pos.load(Ordering::Relaxed)).min(map.len());
         if to <= from {
             return;
         }
@@ -1232,13 +1231,20 @@ impl Ahead {
 /// while the writer writes below `from`).
 fn fallocate(file: &File, from: usize, to: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let too_large = |_| io::Error::other("journal too large");
-    let offset = i64::try_from(from).map_err(too_large)?;
-    let len = i64::try_from(to.saturating_sub(from)).map_err(too_large)?;
+    let (offset, len) = file_range(from, to)?;
     if len == 0 {
         return Ok(());
     }
     nix::fcntl::posix_fallocate(file.as_raw_fd(), offset, len).map_err(io::Error::from)
+}
+
+/// Bytes `from..to` of the journal file as the `off_t` offset and length
+/// the system calls take.
+fn file_range(from: usize, to: usize) -> io::Result<(i64, i64)> {
+    let too_large = |_| io::Error::other("journal too large");
+    let offset = i64::try_from(from).map_err(too_large)?;
+    let len = i64::try_from(to.saturating_sub(from)).map_err(too_large)?;
+    Ok((offset, len))
 }
 
 /// Brings bytes `from..to` of the journal file into the page cache
@@ -1254,24 +1260,25 @@ fn read_ahead(file: &File, from: usize, to: usize) -> usize {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     use std::os::fd::AsRawFd;
     const PIECE: usize = 256 << 10;
-    let mut at = from & !(page_size() - 1);
+    let mut at = page_floor(from);
     while at < to {
         let len = (to - at).min(PIECE);
-        let (Ok(offset), Ok(n)) = (i64::try_from(at), i64::try_from(len)) else {
-            break;
-        };
-        if let Err(e) = posix_fadvise(
-            file.as_raw_fd(),
-            offset,
-            n,
-            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        ) {
+        let advised = file_range(at, at + len).and_then(|(offset, n)| {
+            let advice = PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+            posix_fadvise(file.as_raw_fd(), offset, n, advice).map_err(io::Error::from)
+        });
+        if let Err(e) = advised {
             debug!("Session journal: cannot read ahead: {e}");
             break;
         }
         at += len;
     }
     at
+}
+
+/// `n` rounded down to a page boundary.
+fn page_floor(n: usize) -> usize {
+    n & !(page_size() - 1)
 }
 
 /// The size of a memory page (4 KiB where it cannot be found).
