@@ -24,6 +24,13 @@
 //! run's start on the clock `perf record -k CLOCK_MONOTONIC` uses, so that
 //! the slow replies can be lined up with a `perf sched` trace.
 //!
+//! Every line also gives `steal`: the share of the machine's CPU time the
+//! hypervisor gave to other guests during the runs (`/proc/stat`; the
+//! median of the runs). On a shared virtual machine it is what makes runs
+//! of the same build differ by 2x. `--max-steal P` repeats a run during
+//! which steal exceeded P% (at most `4 × --runs` attempts in all) and says
+//! how many were set aside, for figures taken while the host was quiet.
+//!
 //! Each worker owns one connection and is strictly request → reply, as an
 //! OpenSIPS worker: a blocking `send`, then `poll(POLLIN)` and `recv`. So
 //! the client's sockets are registered for read readiness only (never
@@ -78,6 +85,7 @@ struct Args {
     server_threads: usize,
     echo_threads: usize,
     series: Option<PathBuf>,
+    max_steal: Option<f64>,
 }
 
 /// `--serve`/`--serve-echo` mode: socket path, echo or not, threads.
@@ -96,6 +104,7 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
         server_threads: 2,
         echo_threads: ECHO_THREADS,
         series: None,
+        max_steal: None,
     };
     let mut serve = None;
     let mut it = std::env::args().skip(1);
@@ -122,6 +131,9 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
             "--prefill" => a.prefill = val()?.parse().map_err(|e| format!("--prefill: {e}"))?,
             "--no-echo" => a.echo = false,
             "--series" => a.series = Some(PathBuf::from(val()?)),
+            "--max-steal" => {
+                a.max_steal = Some(val()?.parse().map_err(|e| format!("--max-steal: {e}"))?)
+            }
             "--engine-only" => {
                 runtime(1).block_on(engine_only());
                 std::process::exit(0);
@@ -521,6 +533,8 @@ struct Sample {
     elapsed: Duration,
     cpu: Option<Duration>,
     client_cpu: Option<Duration>,
+    /// Share of the machine's CPU time stolen by the hypervisor during the run.
+    steal: Option<f64>,
 }
 
 impl Sample {
@@ -731,6 +745,25 @@ fn pct(v: &mut [u32], p: f64) -> u32 {
     v[i]
 }
 
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`:
+/// (all of it, stolen by the hypervisor), in clock ticks.
+fn machine_time() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_of(stat.lines().next()?)
+}
+
+/// (total, steal) of a `/proc/stat` `cpu` line: user nice system idle
+/// iowait irq softirq steal (guest time is already in user and nice).
+fn steal_of(line: &str) -> Option<(u64, u64)> {
+    let f: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    (f.len() == 8).then(|| (f.iter().sum(), f[7]))
+}
+
 /// utime + stime of a process, from `/proc/<pid>/stat`.
 fn cpu_of(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -793,11 +826,17 @@ async fn measure(
     runs: usize,
     tag: &str,
     series: Option<&Path>,
-) -> Vec<Sample> {
+    max_steal: Option<f64>,
+) -> (Vec<Sample>, usize) {
     let mut samples = Vec::new();
-    for r in 0..runs {
+    let mut set_aside = 0;
+    for r in 0..4 * runs {
+        if samples.len() == runs {
+            break;
+        }
         let cpu0 = t.pid.and_then(cpu_of);
         let own0 = cpu_of(std::process::id());
+        let machine0 = machine_time();
         let t0 = Instant::now();
         let prefix = format!("{tag}{n}r{r}");
         let mut s = run_load(&t.path, n, duration, &prefix, None, series.is_some()).await;
@@ -810,9 +849,20 @@ async fn measure(
         let own1 = cpu_of(std::process::id());
         s.cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         s.client_cpu = own0.zip(own1).map(|(a, b)| b.saturating_sub(a));
-        samples.push(s);
+        s.steal = machine0
+            .zip(machine_time())
+            .and_then(|((t0, s0), (t1, s1))| {
+                (t1 > t0).then(|| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
+            });
+        let noisy = max_steal.is_some_and(|max| s.steal.is_some_and(|st| st * 100.0 > max));
+        // Never come back empty-handed: the last attempt counts anyway.
+        if noisy && r + 1 < 4 * runs {
+            set_aside += 1;
+        } else {
+            samples.push(s);
+        }
     }
-    samples
+    (samples, set_aside)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -820,7 +870,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn report(name: &str, n: usize, samples: &mut [Sample]) -> f64 {
+fn report(name: &str, n: usize, (samples, set_aside): &mut (Vec<Sample>, usize)) -> f64 {
+    let samples = samples.as_mut_slice();
     let rate = median(
         samples
             .iter()
@@ -865,9 +916,20 @@ fn report(name: &str, n: usize, samples: &mut [Sample]) -> f64 {
             .collect(),
     );
     let mism: u64 = samples.iter().map(|s| s.mismatches).sum();
+    let steal = samples.iter().filter_map(|s| s.steal).collect::<Vec<_>>();
+    let steal = if steal.is_empty() {
+        "n/a".to_string()
+    } else {
+        format!("{:.1}%", median(steal) * 100.0)
+    };
+    let aside = if *set_aside > 0 {
+        format!("  ({set_aside} runs set aside for steal)")
+    } else {
+        String::new()
+    };
     println!(
         "{name:<42} conns={n:<3} calls/s={rate:>8.0}  req p50={p50:>5.0}µs p99={p99:>6.0}µs p999={p999:>6.0}µs  \
-         init p99={ip99:>6.0}µs max={imax:>6}µs  cpu/call={cpu:>6}µs  client cpu/call={client:>5.1}µs  unexpected={mism}"
+         init p99={ip99:>6.0}µs max={imax:>6}µs  cpu/call={cpu:>6}µs  client cpu/call={client:>5.1}µs  unexpected={mism}  steal={steal}{aside}"
     );
     rate
 }
@@ -897,8 +959,16 @@ async fn bench(args: Args) {
     let mut rates = Vec::new();
     for t in &targets {
         for &n in &args.connections {
-            let mut samples =
-                measure(t, n, args.duration, args.runs, "c", args.series.as_deref()).await;
+            let mut samples = measure(
+                t,
+                n,
+                args.duration,
+                args.runs,
+                "c",
+                args.series.as_deref(),
+                args.max_steal,
+            )
+            .await;
             rates.push((t.name.as_str(), n, report(&t.name, n, &mut samples)));
         }
     }
@@ -930,8 +1000,16 @@ async fn bench(args: Args) {
             s.calls,
             s.elapsed.as_secs_f64()
         );
-        let mut samples =
-            measure(t, n, args.duration, args.runs, "p", args.series.as_deref()).await;
+        let mut samples = measure(
+            t,
+            n,
+            args.duration,
+            args.runs,
+            "p",
+            args.series.as_deref(),
+            args.max_steal,
+        )
+        .await;
         report(
             &format!("{} +{}k", t.name, args.prefill / 1000),
             n,
@@ -967,6 +1045,14 @@ mod tests {
     fn requests_are_what_write_request_writes() {
         super::check_wire_format("t1");
         super::check_wire_format("prefill");
+    }
+
+    #[test]
+    fn steal_from_proc_stat() {
+        let line = "cpu  4705 150 1120 16250 520 0 35 230 0 0";
+        assert_eq!(super::steal_of(line), Some((23010, 230)));
+        assert_eq!(super::steal_of("cpu0 1 2 3 4 5 6 7 8 0 0"), None);
+        assert_eq!(super::steal_of("cpu  1 2 3"), None);
     }
 
     #[test]
