@@ -505,7 +505,9 @@ pub fn parse_dialog_list(v: &Value) -> Vec<LiveDialog> {
                 .get("timestart")
                 .and_then(Value::as_u64)
                 .filter(|&t| t > 0 && (state == 3 || state == 4))
-                .map(|t| Timestamp(t * 1000));
+                // A time past the year 584 million is nonsense: unknown.
+                .and_then(|t| t.checked_mul(1000))
+                .map(Timestamp);
             Some(LiveDialog {
                 call_id,
                 dialog_id,

@@ -158,7 +158,12 @@ fn secs(t: Timestamp) -> String {
 fn parse_secs(s: &str) -> Option<Timestamp> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
     let ms: u64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
-    Some(Timestamp(whole.parse::<u64>().ok()? * 1000 + ms))
+    let ms = whole
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(ms)?;
+    Some(Timestamp(ms))
 }
 
 /// One line of the session list, parsed back (the CLI's `--json`).
@@ -371,5 +376,19 @@ mod tests {
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
         assert_eq!(session_from_fields(&fields), Some(info()));
+    }
+
+    #[test]
+    fn times_parse_and_nonsense_is_refused() {
+        assert_eq!(
+            parse_secs("1700000000.123"),
+            Some(Timestamp(1_700_000_000_123))
+        );
+        assert_eq!(parse_secs("12.5"), Some(Timestamp(12_500)));
+        assert_eq!(parse_secs("7"), Some(Timestamp(7_000)));
+        // Past u64 milliseconds: refused, not wrapped or a panic.
+        assert_eq!(parse_secs("18446744073709551615"), None);
+        assert_eq!(parse_secs("18446744073709551.999"), None);
+        assert_eq!(parse_secs("x.1"), None);
     }
 }
