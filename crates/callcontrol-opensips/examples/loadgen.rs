@@ -858,6 +858,13 @@ async fn measure(
         // Never come back empty-handed: the last attempt counts anyway.
         if noisy && r + 1 < 4 * runs {
             set_aside += 1;
+            // Shown, so that nothing measured goes unreported.
+            eprintln!(
+                "  set aside: {} conns={n} calls/s={:.0} steal={:.1}%",
+                t.name,
+                s.calls as f64 / s.elapsed.as_secs_f64(),
+                s.steal.unwrap_or(0.0) * 100.0
+            );
         } else {
             samples.push(s);
         }
