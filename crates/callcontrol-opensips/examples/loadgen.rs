@@ -819,15 +819,11 @@ fn spawn_server(dir: &Path, echo: bool, threads: usize) -> Target {
     }
 }
 
-async fn measure(
-    t: &Target,
-    n: usize,
-    duration: Duration,
-    runs: usize,
-    tag: &str,
-    series: Option<&Path>,
-    max_steal: Option<f64>,
-) -> (Vec<Sample>, usize) {
+/// `args.runs` runs of `args.duration` with `n` workers against `t`,
+/// repeating those that `args.max_steal` sets aside (at most `4 × runs`
+/// attempts); the samples, and how many runs were set aside.
+async fn measure(t: &Target, n: usize, tag: &str, args: &Args) -> (Vec<Sample>, usize) {
+    let (runs, series, max_steal) = (args.runs, args.series.as_deref(), args.max_steal);
     let mut samples = Vec::new();
     let mut set_aside = 0;
     for r in 0..4 * runs {
@@ -839,7 +835,7 @@ async fn measure(
         let machine0 = machine_time();
         let t0 = Instant::now();
         let prefix = format!("{tag}{n}r{r}");
-        let mut s = run_load(&t.path, n, duration, &prefix, None, series.is_some()).await;
+        let mut s = run_load(&t.path, n, args.duration, &prefix, None, series.is_some()).await;
         if let (Some(path), Some(replies)) = (series, &mut s.series) {
             if let Err(e) = write_series(path, t0, replies) {
                 eprintln!("--series {}: {e}", path.display());
@@ -966,16 +962,7 @@ async fn bench(args: Args) {
     let mut rates = Vec::new();
     for t in &targets {
         for &n in &args.connections {
-            let mut samples = measure(
-                t,
-                n,
-                args.duration,
-                args.runs,
-                "c",
-                args.series.as_deref(),
-                args.max_steal,
-            )
-            .await;
+            let mut samples = measure(t, n, "c", &args).await;
             rates.push((t.name.as_str(), n, report(&t.name, n, &mut samples)));
         }
     }
@@ -1007,16 +994,7 @@ async fn bench(args: Args) {
             s.calls,
             s.elapsed.as_secs_f64()
         );
-        let mut samples = measure(
-            t,
-            n,
-            args.duration,
-            args.runs,
-            "p",
-            args.series.as_deref(),
-            args.max_steal,
-        )
-        .await;
+        let mut samples = measure(t, n, "p", &args).await;
         report(
             &format!("{} +{}k", t.name, args.prefill / 1000),
             n,

@@ -26,6 +26,21 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Passes when `got` is the proxy's error `code` with `message`.
+fn is_remote(got: Result<Value, RpcError>, code: i64, message: &str) -> Result<(), TestCaseError> {
+    match got {
+        Err(RpcError::Remote {
+            code: c,
+            message: m,
+        }) => {
+            prop_assert_eq!(c, code);
+            prop_assert_eq!(m.as_str(), message);
+            Ok(())
+        }
+        other => Err(TestCaseError::fail(format!("{other:?}"))),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -43,26 +58,14 @@ proptest! {
                            "error": {"code": code, "message": message}}).to_string();
         let (got_id, got) = jsonrpc::parse_response(reply.as_bytes());
         prop_assert_eq!(got_id, Some(id));
-        match got {
-            Err(RpcError::Remote { code: c, message: m }) => {
-                prop_assert_eq!(c, code);
-                prop_assert_eq!(m, message);
-            }
-            other => prop_assert!(false, "{:?}", other),
-        }
+        is_remote(got, code, &message)?;
     }
 
     #[test]
     fn a_plain_text_error_is_read_back(code in 100i64..1000, message in "[A-Za-z][A-Za-z ]{0,20}[a-z]") {
         let (id, got) = jsonrpc::parse_response(format!("{code} {message}\n").as_bytes());
         prop_assert_eq!(id, None);
-        match got {
-            Err(RpcError::Remote { code: c, message: m }) => {
-                prop_assert_eq!(c, code);
-                prop_assert_eq!(m, message);
-            }
-            other => prop_assert!(false, "{:?}", other),
-        }
+        is_remote(got, code, &message)?;
     }
 
     #[test]
