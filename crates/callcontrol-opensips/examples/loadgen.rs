@@ -144,6 +144,9 @@ fn parse_args() -> Result<(ServeMode, Args), String> {
     if a.connections.contains(&0) {
         return Err("--connections: at least 1".into());
     }
+    if a.runs == 0 {
+        return Err("--runs: at least 1".into());
+    }
     Ok((serve, a))
 }
 
