@@ -1135,12 +1135,13 @@ impl Ahead {
         }
     }
 
-    /// Runs on the background thread at each tick, before the flush: drops the page table
-    /// entries of the pages the writer has filled (it only ever stores past
-    /// its position). Otherwise the flush write-protects each dirty page
-    /// through them, one TLB shootdown (an interrupt to the CPU the writer
-    /// runs on) per page, and the writer takes a fault the next time it
-    /// stores into the last one; here it is one shootdown for them all.
+    /// Runs on the background thread at each tick, before the flush: drops
+    /// the page table entries of the pages the writer has filled (it only
+    /// ever stores past its position). Otherwise the flush write-protects
+    /// each dirty page through them, one TLB shootdown (an interrupt to the
+    /// CPU the writer runs on) per page, and the writer takes a fault the
+    /// next time it stores into the last one; here it is one shootdown for
+    /// them all.
     #[allow(unsafe_code)]
     fn unmap_written(&self) {
         let (generation, map, from) = {

@@ -829,7 +829,8 @@ async fn measure(t: &Target, n: usize, tag: &str, args: &Args) -> (Vec<Sample>, 
     let (runs, series, max_steal) = (args.runs, args.series.as_deref(), args.max_steal);
     let mut samples = Vec::new();
     let mut set_aside = 0;
-    for r in 0..4 * runs {
+    let attempts = 4 * runs;
+    for r in 0..attempts {
         if samples.len() == runs {
             break;
         }
@@ -855,7 +856,7 @@ async fn measure(t: &Target, n: usize, tag: &str, args: &Args) -> (Vec<Sample>, 
             });
         let noisy = max_steal.is_some_and(|max| s.steal.is_some_and(|st| st * 100.0 > max));
         // Never come back empty-handed: the last attempt counts anyway.
-        if noisy && r + 1 < 4 * runs {
+        if noisy && r + 1 < attempts {
             set_aside += 1;
             // Shown, so that nothing measured goes unreported.
             eprintln!(
