@@ -52,7 +52,7 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -279,21 +279,34 @@ fn write_snapshot(
         down_since: down_since.map(|t| t.0),
         state,
     };
-    let bytes = serde_json::to_vec(&file).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let written = create_private(&tmp, true).and_then(|mut f| {
-        f.write_all(&bytes)?;
-        f.sync_all()
+    // Streamed to the file a piece at a time: with many sessions the text
+    // is tens of megabytes, which would otherwise be held in memory whole
+    // and handed to the kernel in one `write()` (a long stretch in the
+    // kernel for the thread that writes it, on the CPU the proxy's
+    // requests need).
+    let written = create_private(&tmp, true).and_then(|f| {
+        let mut out = io::BufWriter::with_capacity(SNAPSHOT_CHUNK, f);
+        serde_json::to_writer(&mut out, &file)?;
+        let f = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        f.sync_all()?;
+        Ok(f.metadata()?.len())
     });
-    if let Err(e) = written {
-        // A partial temporary file would hold on to the disk space.
-        let _ = fs::remove_file(&tmp);
-        return Err(e.into());
-    }
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // A partial temporary file would hold on to the disk space.
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
     fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
     sync_dir(dir);
-    Ok(bytes.len() as u64)
+    Ok(bytes)
 }
+
+/// Bytes of snapshot text handed to the kernel per `write()`.
+const SNAPSHOT_CHUNK: usize = 256 << 10;
 
 fn shared_out(state: &SharedState) -> StateOut<'_> {
     StateOut {
