@@ -148,8 +148,15 @@ impl Syslog {
             Conn::Stream(s) => {
                 let mut s = s;
                 for i in from..self.ends.len() {
-                    s.write_all(&self.buf[start(i)..self.ends[i]])?;
-                    s.write_all(&[0])?;
+                    let sent = s
+                        .write_all(&self.buf[start(i)..self.ends[i]])
+                        .and_then(|()| s.write_all(&[0]));
+                    if let Err(e) = sent {
+                        // The messages before this one went whole: only the
+                        // rest is sent again (on a new connection), so none
+                        // arrives twice.
+                        return if i > from { Ok(i - from) } else { Err(e) };
+                    }
                 }
                 Ok(self.ends.len() - from)
             }
@@ -366,6 +373,63 @@ mod tests {
         assert_eq!(messages.len(), 3);
         assert!(messages[2].ends_with(b"started (c2)"));
         assert!(got.ends_with(&[0]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The numbers `N` of the whole messages (`... (cN)` then a NUL) in a
+    /// stream's bytes; a message cut short at the end is left out.
+    fn numbers(bytes: &[u8]) -> Vec<usize> {
+        let whole = match bytes.iter().rposition(|&b| b == 0) {
+            Some(end) => &bytes[..end],
+            None => return Vec::new(),
+        };
+        whole
+            .split(|&b| b == 0)
+            .map(|m| {
+                let m = std::str::from_utf8(m).unwrap();
+                let n = m.rsplit("(c").next().unwrap().trim_end_matches(')');
+                n.parse().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_connection_lost_mid_batch_resends_only_what_had_not_gone() {
+        let (dir, path) = socket_path("syslog-m");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut s = Syslog::connect(&[&path], "cc").unwrap();
+        // Far more than the socket buffer holds: the writer blocks while the
+        // receiver reads, and the connection is dropped under it.
+        let count = 20_000;
+        let (text, ends) = lines(count, 1_700_000_000_000);
+        let reader = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while got.iter().filter(|&&b| b == 0).count() < 100 {
+                let n = std::io::Read::read(&mut first, &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            // The syslog daemon drops the connection (unread lines in its
+            // buffer are lost with it) and takes the next one.
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            let mut again = Vec::new();
+            std::io::Read::read_to_end(&mut second, &mut again).unwrap();
+            (got, again)
+        });
+        s.send(iter(&text, &ends));
+        drop(s);
+        let (got, again) = reader.join().unwrap();
+        let (first, second) = (numbers(&got), numbers(&again));
+        assert!(first.len() >= 100);
+        assert_eq!(first, (0..first.len()).collect::<Vec<_>>());
+        // The second connection starts where the first stopped taking whole
+        // messages, never before what was read there, and goes to the end.
+        let resumed = *second.first().expect("the rest was sent again");
+        assert!(resumed >= first.len(), "message {resumed} sent twice");
+        assert_eq!(second, (resumed..count).collect::<Vec<_>>());
+        assert!(again.ends_with(&[0]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
