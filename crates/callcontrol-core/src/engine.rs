@@ -1170,7 +1170,7 @@ impl Engine {
     ) {
         let id = session.call_id.clone();
         // One allocation of the party's name, shared by all its sessions.
-        self.parties.add(party_hash, &mut session.party, id.clone());
+        let party_pos = self.parties.add(party_hash, &mut session.party, id.clone());
         session.deadline = deadline;
         if let Some(d) = deadline {
             self.timers.insert((d, id.clone()));
@@ -1179,14 +1179,30 @@ impl Engine {
             s: Arc::new(session),
             armed: deadline,
             party_hash,
+            party_pos,
         };
-        self.sessions.insert(hash, slot);
+        if let Some(old) = self.sessions.insert(hash, slot) {
+            // The engine removes a session before it tracks another one
+            // with the same Call-ID; should one be replaced all the same, it
+            // leaves its party's sessions too.
+            self.unlist(old.party_hash, &old.s, old.party_pos);
+        }
         self.dirty.push(Dirty {
             id,
             hash,
             removed: false,
             new: true,
         });
+    }
+
+    /// Takes a session out of its party's sessions (`pos` is where it is
+    /// there), and notes the new position of the one moved into its place.
+    fn unlist(&mut self, party_hash: u64, s: &Session, pos: usize) {
+        if let Some(moved) = self.parties.remove(party_hash, &s.party, &s.call_id, pos) {
+            if let Some(slot) = self.sessions.slot(&moved) {
+                slot.party_pos = pos;
+            }
+        }
     }
 
     fn remove_session(&mut self, id: &CallId) -> Option<Arc<Session>> {
@@ -1199,11 +1215,12 @@ impl Engine {
             s,
             armed,
             party_hash,
+            party_pos,
         } = self.sessions.remove(hash, id)?;
         if let Some(a) = armed {
             self.timers.remove(&(a, id.clone()));
         }
-        self.parties.remove(party_hash, &s.party, id);
+        self.unlist(party_hash, &s, party_pos);
         self.dirty.push(Dirty {
             id: id.clone(),
             hash,
@@ -1649,6 +1666,8 @@ struct Slot {
     armed: Option<Timestamp>,
     /// The hash of the session's party in `Engine::parties`.
     party_hash: u64,
+    /// Where the session is in its party's sessions there.
+    party_pos: usize,
 }
 
 /// Where the session of an `init` goes: its Call-ID's hash, its party's, and
@@ -1682,7 +1701,8 @@ impl Parties {
         Some(&found.1)
     }
     /// Adds `id` to `party`'s sessions, and makes `party` the shared name.
-    fn add(&mut self, hash: u64, party: &mut BillingParty, id: CallId) {
+    /// Returns where `id` is in them.
+    fn add(&mut self, hash: u64, party: &mut BillingParty, id: CallId) -> usize {
         let keys = &self.keys;
         let entry = self.table.entry(
             hash,
@@ -1697,24 +1717,43 @@ impl Parties {
                     self.empty = self.empty.saturating_sub(1);
                 }
                 ids.push(id);
+                ids.len() - 1
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert((party.clone(), vec![id]));
+                0
             }
         }
     }
-    /// Removes `id` from `party`'s sessions. A party left without sessions
-    /// keeps its entry until [`Parties::collect`].
-    fn remove(&mut self, hash: u64, party: &BillingParty, id: &CallId) {
-        let Some((_, ids)) = self.table.find_mut(hash, |(p, _)| p == party) else {
-            return;
+    /// Removes `id`, found at `pos` in `party`'s sessions, by moving the
+    /// last of them into its place: the same cost whatever the number of
+    /// calls a party has in progress (a trunk's can be thousands). Returns
+    /// the session moved to `pos`, if any, for the caller to note where it
+    /// is now. A party left without sessions keeps its entry until
+    /// [`Parties::collect`].
+    fn remove(
+        &mut self,
+        hash: u64,
+        party: &BillingParty,
+        id: &CallId,
+        pos: usize,
+    ) -> Option<CallId> {
+        let (_, ids) = self.table.find_mut(hash, |(p, _)| p == party)?;
+        let pos = if ids.get(pos) == Some(id) {
+            pos
+        } else {
+            // The engine keeps every session's position up to date: this
+            // is a bug, answered by a search rather than a wrong removal.
+            debug_assert!(false, "{id} is not at {pos} in the sessions of {party}");
+            ids.iter().position(|c| c == id)?
         };
-        let had = !ids.is_empty();
-        ids.retain(|c| c != id);
-        if had && ids.is_empty() {
+        ids.swap_remove(pos);
+        let moved = ids.get(pos).cloned();
+        if ids.is_empty() {
             self.empty += 1;
             self.collect();
         }
+        moved
     }
     /// Forgets the parties without sessions once they outnumber those with
     /// sessions (and are more than [`EMPTY_PARTIES_KEPT`]): memory stays
@@ -1779,8 +1818,9 @@ impl Sessions {
     fn slot<Q: std::borrow::Borrow<str> + ?Sized>(&mut self, id: &Q) -> Option<&mut Slot> {
         self.find_slot(self.hash(id), id)
     }
-    /// Inserts (or replaces) the session whose Call-ID hashes to `hash`.
-    fn insert(&mut self, hash: u64, slot: Slot) {
+    /// Inserts (or replaces) the session whose Call-ID hashes to `hash`;
+    /// returns the one replaced.
+    fn insert(&mut self, hash: u64, slot: Slot) -> Option<Slot> {
         let keys = &self.keys;
         let entry = self.table.entry(
             hash,
@@ -1788,9 +1828,12 @@ impl Sessions {
             |e| std::hash::BuildHasher::hash_one(keys, e.s.call_id.as_str()),
         );
         match entry {
-            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = slot,
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(std::mem::replace(o.get_mut(), slot))
+            }
             hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(slot);
+                None
             }
         }
     }

@@ -1522,6 +1522,37 @@ fn parties_that_come_and_go_are_counted_right() {
 }
 
 #[test]
+fn a_party_with_many_calls_keeps_every_one_whatever_order_they_end_in() {
+    // A trunk's account: many prepaid calls of one party in progress. Each
+    // ends in a scrambled order, and each debit reply's shared limit still
+    // reaches every call left, and only those.
+    let n = 60;
+    let mut h = Harness::new(prepaid_cfg());
+    for i in 0..n {
+        started_prepaid(&mut h, &format!("t{i}"), 6000);
+    }
+    let party = BillingParty::new("sip:alice@example.com");
+    assert_eq!(h.engine.party_sessions(&party), n);
+    let order: Vec<usize> = (0..n).map(|i| i * 37 % n).collect();
+    for (ended, &i) in order.iter().enumerate() {
+        h.advance_secs(1);
+        assert_eq!(h.stop(&format!("t{i}")), Found::Ok);
+        let d = h.take_debits();
+        assert_eq!(d.len(), 1);
+        let left = 6000 - ended as u64;
+        h.debited(d[0].0, debited(Some(left)));
+        assert_eq!(h.engine.party_sessions(&party), n - ended - 1);
+        for &j in &order[ended + 1..] {
+            assert_eq!(
+                h.deadline_of(&format!("t{j}")),
+                Some(h.now.plus_secs(left)),
+                "t{j} after t{i} ended"
+            );
+        }
+    }
+}
+
+#[test]
 fn answered_calls_end_at_their_limit_whether_shorter_or_longer_than_the_setup_timeout() {
     let mut h = Harness::fixed(Some(3600));
     assert_eq!(h.init_now(call("long")), InitReply::Limited);
