@@ -567,7 +567,7 @@ impl Engine {
         }
         let hash = self.parties.hash(buf.as_str());
         Some(match self.parties.find(hash, buf.as_str()) {
-            Some((party, ids)) => (party.clone(), hash, ids.len()),
+            Some(p) => (p.name.clone(), hash, p.ids.len()),
             None => (BillingParty::new(buf.as_str()), hash, 0),
         })
     }
@@ -581,7 +581,7 @@ impl Engine {
             tracked: self
                 .parties
                 .find(party_hash, party.as_str())
-                .map_or(0, |(_, ids)| ids.len()),
+                .map_or(0, |p| p.ids.len()),
         }
     }
 
@@ -1177,6 +1177,7 @@ impl Engine {
         }
         let slot = Slot {
             s: Arc::new(session),
+            hash,
             armed: deadline,
             party_hash,
             party_pos,
@@ -1216,6 +1217,7 @@ impl Engine {
             armed,
             party_hash,
             party_pos,
+            ..
         } = self.sessions.remove(hash, id)?;
         if let Some(a) = armed {
             self.timers.remove(&(a, id.clone()));
@@ -1660,6 +1662,11 @@ struct Sessions {
 #[derive(Debug)]
 struct Slot {
     s: Arc<Session>,
+    /// The Call-ID's hash. Kept: when the table grows, each slot moves by
+    /// its hash, and recomputing it would read every session's Call-ID (a
+    /// few cache misses each) and hash it: with 100,000 sessions that was
+    /// one request held ~100 ms, every connection waiting behind it.
+    hash: u64,
     /// Where the session's entry in `Engine::timers` is: at its deadline, or
     /// before it when the deadline moved later since (the entry is moved
     /// when it comes due, see `Engine::arm`). `None`: no entry.
@@ -1683,35 +1690,40 @@ struct Placement {
 /// (once per `init`; a session keeps its party's hash for its removal).
 #[derive(Debug, Default)]
 struct Parties {
-    table: hashbrown::HashTable<(BillingParty, Vec<CallId>)>,
+    table: hashbrown::HashTable<Party>,
     keys: std::hash::RandomState,
     /// Entries without sessions.
     empty: usize,
+}
+
+/// A billing party and its tracked sessions.
+#[derive(Debug)]
+struct Party {
+    /// The name's hash: kept, so that the table grows without reading and
+    /// hashing every name again (see [`Slot::hash`]).
+    hash: u64,
+    name: BillingParty,
+    ids: Vec<CallId>,
 }
 
 impl Parties {
     fn hash(&self, party: &str) -> u64 {
         std::hash::BuildHasher::hash_one(&self.keys, party)
     }
-    fn find(&self, hash: u64, party: &str) -> Option<&(BillingParty, Vec<CallId>)> {
-        self.table.find(hash, |(p, _)| p.as_str() == party)
+    fn find(&self, hash: u64, party: &str) -> Option<&Party> {
+        self.table.find(hash, |p| p.name.as_str() == party)
     }
     fn get(&self, party: &BillingParty) -> Option<&[CallId]> {
         let found = self.find(self.hash(party.as_str()), party.as_str())?;
-        Some(&found.1)
+        Some(&found.ids)
     }
     /// Adds `id` to `party`'s sessions, and makes `party` the shared name.
     /// Returns where `id` is in them.
     fn add(&mut self, hash: u64, party: &mut BillingParty, id: CallId) -> usize {
-        let keys = &self.keys;
-        let entry = self.table.entry(
-            hash,
-            |(p, _)| p == party,
-            |(p, _)| std::hash::BuildHasher::hash_one(keys, p.as_str()),
-        );
+        let entry = self.table.entry(hash, |p| p.name == *party, |p| p.hash);
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
-                let (name, ids) = o.get_mut();
+                let Party { name, ids, .. } = o.get_mut();
                 *party = name.clone();
                 if ids.is_empty() {
                     self.empty = self.empty.saturating_sub(1);
@@ -1720,7 +1732,11 @@ impl Parties {
                 ids.len() - 1
             }
             hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert((party.clone(), vec![id]));
+                v.insert(Party {
+                    hash,
+                    name: party.clone(),
+                    ids: vec![id],
+                });
                 0
             }
         }
@@ -1738,7 +1754,7 @@ impl Parties {
         id: &CallId,
         pos: usize,
     ) -> Option<CallId> {
-        let (_, ids) = self.table.find_mut(hash, |(p, _)| p == party)?;
+        let ids = &mut self.table.find_mut(hash, |p| p.name == *party)?.ids;
         let pos = if ids.get(pos) == Some(id) {
             pos
         } else {
@@ -1760,7 +1776,7 @@ impl Parties {
     /// bounded by the parties in use, and the cost is amortised.
     fn collect(&mut self) {
         if self.empty > EMPTY_PARTIES_KEPT && self.empty * 2 > self.table.len() {
-            self.table.retain(|(_, ids)| !ids.is_empty());
+            self.table.retain(|p| !p.ids.is_empty());
             self.empty = 0;
         }
     }
@@ -1821,12 +1837,9 @@ impl Sessions {
     /// Inserts (or replaces) the session whose Call-ID hashes to `hash`;
     /// returns the one replaced.
     fn insert(&mut self, hash: u64, slot: Slot) -> Option<Slot> {
-        let keys = &self.keys;
-        let entry = self.table.entry(
-            hash,
-            |e| e.s.call_id == slot.s.call_id,
-            |e| std::hash::BuildHasher::hash_one(keys, e.s.call_id.as_str()),
-        );
+        let entry = self
+            .table
+            .entry(hash, |e| e.s.call_id == slot.s.call_id, |e| e.hash);
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut o) => {
                 Some(std::mem::replace(o.get_mut(), slot))
