@@ -53,6 +53,10 @@ pub const MAX_DATAGRAM: usize = 65536;
 
 type Waiter = oneshot::Sender<Result<Value, RpcError>>;
 
+/// Ids of answered requests `Pending::order` may keep besides twice those
+/// still waiting.
+const STALE_KEPT: usize = 64;
+
 #[derive(Default)]
 struct Pending {
     waiters: HashMap<u64, Waiter>,
@@ -63,8 +67,13 @@ struct Pending {
 impl Pending {
     fn take(&mut self, id: u64) -> Option<Waiter> {
         let w = self.waiters.remove(&id);
-        if w.is_some() {
-            self.order.retain(|&i| i != id);
+        // The id stays in `order` (`take_oldest` skips ids no longer
+        // waiting) until those outnumber the ids still waiting: taking it
+        // out now would scan every request in flight at each reply, which
+        // with thousands of dialogs ended at once is quadratic.
+        if self.order.len() > 2 * self.waiters.len() + STALE_KEPT {
+            let waiters = &self.waiters;
+            self.order.retain(|i| waiters.contains_key(i));
         }
         w
     }
@@ -510,6 +519,32 @@ impl RpcClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn replies_by_id_keep_the_order_of_those_still_waiting_and_bounded() {
+        let mut p = super::Pending::default();
+        let mut replies = Vec::new();
+        let n = 10_000u64;
+        for id in 0..n {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            p.waiters.insert(id, tx);
+            p.order.push_back(id);
+            replies.push(rx);
+        }
+        // Answered by id, out of order, all but every hundredth.
+        for id in (0..n).rev().filter(|id| id % 100 != 7) {
+            assert!(p.take(id).is_some(), "{id}");
+            assert!(p.take(id).is_none(), "{id} answered twice");
+            assert!(p.order.len() <= 2 * p.waiters.len() + super::STALE_KEPT);
+        }
+        // Replies without an id go to the oldest still waiting, in order.
+        for want in (0..n).filter(|id| id % 100 == 7) {
+            let (id, _) = p.take_oldest().expect("a request still waiting");
+            assert_eq!(id, want);
+        }
+        assert!(p.take_oldest().is_none());
+        assert!(p.waiters.is_empty() && p.order.is_empty());
+    }
+
     use super::*;
 
     #[test]
