@@ -69,8 +69,8 @@ impl Pending {
         let w = self.waiters.remove(&id);
         // The id stays in `order` (`take_oldest` skips ids no longer
         // waiting) until those outnumber the ids still waiting: taking it
-        // out now would scan every request in flight at each reply, which
-        // with thousands of dialogs ended at once is quadratic.
+        // out now would scan every request in flight at each reply
+        // (quadratic in the requests in flight).
         if self.order.len() > 2 * self.waiters.len() + STALE_KEPT {
             let waiters = &self.waiters;
             self.order.retain(|i| waiters.contains_key(i));
