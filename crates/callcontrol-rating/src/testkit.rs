@@ -827,6 +827,23 @@ fn shared_limit(a: &Account, now: Timestamp) -> u64 {
     u64::try_from(left / rates).unwrap_or(u64::MAX)
 }
 
+/// Types `reply` as the answer to every CDRTool command (each parser of
+/// [`crate::cdrtool::codec`], and the value decoder), for fuzz targets and
+/// property tests: whatever a rating engine sends, none of them may panic.
+pub fn parse_as_every_reply(reply: &str) {
+    use crate::cdrtool::codec::{
+        decode_value, parse_add_balance, parse_balance_history, parse_debit_balance,
+        parse_get_balance, parse_keepalive, parse_max_session_time,
+    };
+    let _ = parse_max_session_time(reply);
+    let _ = parse_debit_balance(reply);
+    let _ = parse_get_balance(reply);
+    let _ = parse_add_balance(reply);
+    let _ = parse_balance_history(reply);
+    let _ = parse_keepalive(reply);
+    let _ = decode_value(reply);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
