@@ -501,3 +501,21 @@ impl FakeMi {
         Ok((format!("http://{addr}/mi"), task))
     }
 }
+
+/// Reads `bytes` as everything the proxy's management interface may send
+/// back (a JSON-RPC / MI reply or plain-text error, the OpenSIPS and
+/// Kamailio dialog lists in it, the outcome of a dialog end, a DID, a
+/// version string), for fuzz targets and property tests: whatever arrives,
+/// none of them may panic.
+pub fn parse_as_every_reply(bytes: &[u8]) {
+    use crate::{jsonrpc, kamailio, mi};
+    let (_, result) = jsonrpc::parse_response(bytes);
+    if let Ok(value) = &result {
+        let _ = mi::parse_dialog_list(value);
+        let _ = kamailio::parse_dialogs(value);
+    }
+    let _ = kamailio::classify_end(result);
+    let text = String::from_utf8_lossy(bytes);
+    let _ = mi::parse_did(&text);
+    let _ = mi::format_for_version(&text);
+}
